@@ -1,0 +1,176 @@
+"""The command line on tiny random ViTs, including every bad-input case."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+from click.testing import CliRunner
+
+from tests.helpers import tiny_vit
+from vitslim.cli import cli
+
+TINY = [
+    "--model",
+    "vit_tiny_patch16_224",
+    "--random-init",
+    "--model-arg",
+    "img_size=32",
+    "--model-arg",
+    "patch_size=8",
+    "--model-arg",
+    "depth=2",
+    "--model-arg",
+    "embed_dim=64",
+    "--model-arg",
+    "num_heads=2",
+]
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, ["--quiet", *args])
+
+
+def assert_user_error(result, pattern: str) -> None:
+    """One clear error line on stderr (after click's usage hint, for option errors), exit code 2, no traceback."""
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert [line for line in lines if line.startswith("Error:")] == [lines[-1]], result.stderr
+    assert pattern in lines[-1], result.stderr
+
+
+def test_info_json(tmp_path: Path) -> None:
+    result = run("info", *TINY, "--num-classes", "2", "--json", str(tmp_path / "info.json"))
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / "info.json").read_text())
+    assert info["depth"] == 2 and info["tokens"] == 17 and info["num_classes"] == 2 and info["flops_per_image"] > 0
+    assert "flops_per_image" in result.output
+
+
+def test_eval_image_folder_and_onnx(tmp_path: Path, image_folder: Path) -> None:
+    onnx_path = tmp_path / "m.onnx"
+    assert run("export", *TINY, "--num-classes", "2", "--out", str(onnx_path)).exit_code == 0
+    result = run(
+        "eval",
+        *TINY,
+        "--num-classes",
+        "2",
+        "--data",
+        str(image_folder),
+        "--onnx",
+        str(onnx_path),
+        "--json",
+        str(tmp_path / "eval.json"),
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["data"]["samples"] == 6 and report["data"]["labelled"]
+    torch_row, onnx_row = report["results"]
+    assert 0.0 <= torch_row["top1"] <= 1.0 and onnx_row["agreement"] == 1.0 and onnx_row["cosine"] > 0.9999
+
+
+def test_eval_unlabelled_folder_reports_no_accuracy(tmp_path: Path, image_folder: Path) -> None:
+    result = run(
+        "eval", *TINY, "--num-classes", "2", "--data", str(image_folder / "cat"), "--json", str(tmp_path / "e.json")
+    )
+    assert result.exit_code == 0, result.output
+    row = json.loads((tmp_path / "e.json").read_text())["results"][0]
+    assert row["top1"] is None and row["top5"] is None and row["agreement"] == 1.0
+
+
+def test_bench_json(tmp_path: Path) -> None:
+    result = run(
+        "bench",
+        *TINY,
+        "--batch-sizes",
+        "1,2",
+        "--threads",
+        "1",
+        "--warmup",
+        "0",
+        "--runs",
+        "2",
+        "--json",
+        str(tmp_path / "b.json"),
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "b.json").read_text())["latency"]
+    assert [(r["runtime"], r["batch"], r["threads"]) for r in rows] == [
+        ("pytorch", 1, 1),
+        ("pytorch", 2, 1),
+        ("onnxruntime", 1, 1),
+        ("onnxruntime", 2, 1),
+    ]
+
+
+def test_export_with_checkpoint(tmp_path: Path) -> None:
+    model = tiny_vit(num_classes=3)
+    ckpt = tmp_path / "tiny.safetensors"
+    safetensors.torch.save_file(model.state_dict(), ckpt)
+    args = [a for a in TINY if a != "--random-init"]
+    result = run(
+        "export",
+        *args,
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(tmp_path / "t.onnx"),
+        "--json",
+        str(tmp_path / "x.json"),
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "x.json").read_text())
+    assert summary["top1_agreement"] == 1.0 and summary["max_abs_diff"] < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["info", "--model", "deit_smal_patch16_224", "--random-init"], "did you mean deit_small_patch16_224"),
+        (["info", *TINY, "--checkpoint", "/nonexistent/ckpt.pth"], "does not exist"),
+        (["info", *TINY, "--model-arg", "novalue"], "expected KEY=VALUE"),
+        (["bench", *TINY, "--batch-sizes", "1,x"], "comma-separated integers"),
+        (["export", *TINY, "--out", "model.txt"], "must end in .onnx"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(args: list[str], message: str) -> None:
+    assert_user_error(run(*args), message)
+
+
+def test_corrupt_and_mismatched_checkpoints(tmp_path: Path) -> None:
+    corrupt = tmp_path / "bad.safetensors"
+    corrupt.write_bytes(b"not a safetensors file")
+    assert_user_error(run("info", *TINY, "--checkpoint", str(corrupt)), "cannot read checkpoint")
+    other = tmp_path / "other.safetensors"
+    safetensors.torch.save_file(tiny_vit(depth=3).state_dict(), other)
+    assert_user_error(run("info", *TINY, "--checkpoint", str(other)), "unexpected keys")
+
+
+def test_bad_data_folders(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_user_error(run("eval", *TINY, "--data", str(empty)), str(empty))
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "notes.txt").write_text("no images here")
+    assert_user_error(run("eval", *TINY, "--data", str(texts)), "no images")
+    assert_user_error(run("eval", *TINY), "--data is required")
+
+
+def test_unwritable_outputs_leave_nothing(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert_user_error(run("export", *TINY, "--out", str(blocker / "m.onnx")), "cannot write")
+    assert_user_error(run("info", *TINY, "--json", str(blocker / "info.json")), "cannot write")
+    assert_user_error(run("demo", "--out", str(blocker / "run")), "cannot write to --out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_demo_refuses_non_empty_out(tmp_path: Path) -> None:
+    (tmp_path / "keep.txt").write_text("user data")
+    assert_user_error(run("demo", "--out", str(tmp_path)), "already exists and is not empty")
+    assert (tmp_path / "keep.txt").read_text() == "user data"

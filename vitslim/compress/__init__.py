@@ -1,0 +1,1 @@
+"""Compression stages: token reduction, 2:4 sparsity and post-training quantization."""

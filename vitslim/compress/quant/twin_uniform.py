@@ -1,0 +1,91 @@
+"""Twin-uniform quantizer (PTQ4ViT baseline for post-softmax / post-GELU values)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .base import MIN_SCALE, UnsignedQuantizer
+from .registry import register_quantizer
+
+__all__ = ["TwinUniformQuantizer"]
+
+
+@register_quantizer("twin_uniform")
+class TwinUniformQuantizer(UnsignedQuantizer):
+    """Two uniform ranges sharing ``b`` bits (PTQ4ViT's twin uniform quantization).
+
+    With ``u = x + shift`` and ``n = 2^(b-1)`` codes per range:
+
+    * fine range ``R1 = [0, n·Δ1)``: ``q = round(u/Δ1)``, code ``q``;
+    * coarse range ``R2``, ``Δ2 = 2^m·Δ1``: ``q = clamp(round(u/Δ2), 0, n-1)``, code ``n + q``;
+
+    i.e. the top code bit chooses the range; ``x̂ = q·Δ1`` or ``q·Δ2`` (minus the shift).
+    The power-of-two ratio ``2^m`` (as in PTQ4ViT) makes rescaling between the ranges a
+    shift. A value belongs to R1 when it rounds inside it (``round(u/Δ1) <= n-1``, i.e.
+    ``u < (n-½)·Δ1``; PTQ4ViT's seam is ``n·Δ1``): values in ``[(n-½)Δ1, n·Δ1)`` then go
+    to the R2 level ``n·Δ1``, their nearest level, and ``Q(Q(x)) = Q(x)`` survives float
+    noise at the seam. ``m`` is restricted to ``1..b-1``, so ``n·Δ1`` is an R2 level
+    (code ``n + 2^(b-1-m)``) and the quantizer is monotone. Negative ``u`` maps to 0.
+
+    Search (MSE): for each ``m``, ``Δ2 = max·ratio/(n-1)`` for ``grid`` ratios in
+    ``[0.3, 1]``, ``Δ1 = Δ2/2^m``. Buffers: ``delta1`` (float32), ``m`` (int32).
+    """
+
+    param_names = ("delta1", "m")
+
+    def __init__(self, bits: int = 8, *, grid: int = 48, shift: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(bits, shift=shift, **kwargs)
+        if int(grid) < 1:
+            raise ValueError(f"grid must be >= 1, got {grid}")
+        self.grid = int(grid)
+        self.half = 1 << (self.bits - 1)
+        self.register_buffer("delta1", torch.ones(()))
+        self.register_buffer("m", torch.ones((), dtype=torch.int32))
+
+    def extra_config(self) -> dict[str, Any]:
+        return {**super().extra_config(), "grid": self.grid}
+
+    def delta2(self) -> Tensor:
+        return self.delta1 * (2.0 ** int(self.m))
+
+    def _encode(self, u: Tensor, p: Mapping[str, Tensor]) -> Tensor:
+        d1 = p["delta1"]
+        d2 = d1 * (2.0 ** int(p["m"]))
+        n = self.half
+        q1 = torch.round(u / d1).clamp_min(0)
+        q2 = torch.clamp(torch.round(u / d2), 0, n - 1) + n
+        return torch.where(q1 <= n - 1, q1, q2).to(torch.int32)
+
+    def _decode(self, codes: Tensor, p: Mapping[str, Tensor]) -> Tensor:
+        d1 = p["delta1"]
+        d2 = d1 * (2.0 ** int(p["m"]))
+        n = self.half
+        c = codes.to(torch.int64)
+        return torch.where(c < n, c.float() * d1, (c - n).float() * d2)
+
+    def _buckets(self, p: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        d1 = p["delta1"].double()
+        m = int(p["m"])
+        d2 = d1 * 2.0**m
+        n = self.half
+        j0 = 1 << (self.bits - 1 - m)  # first R2 code reachable from u >= n·Δ1
+        q = torch.arange(n, dtype=torch.float64)
+        j = torch.arange(j0, n, dtype=torch.float64)
+        values = torch.cat([q * d1, j * d2])
+        thresholds = torch.cat([(q + 0.5) * d1, (j[:-1] + 0.5) * d2])
+        return thresholds, values
+
+    def _candidates(self, u: Tensor) -> Iterable[dict[str, Any]]:
+        top = self._positive_max(u)
+        n = self.half
+        g = self.grid
+        ratios = [1.0 - 0.7 * i / max(g - 1, 1) for i in range(g)] if g > 1 else [1.0]
+        for m in range(1, self.bits):
+            mt = torch.tensor(m, dtype=torch.int32)
+            for ratio in ratios:
+                d2 = max(top * ratio / max(n - 1, 1), MIN_SCALE)
+                yield {"delta1": torch.tensor(d2 / 2.0**m), "m": mt}

@@ -1,0 +1,1 @@
+"""Accuracy, fidelity and latency measurement."""

@@ -1,0 +1,94 @@
+"""Accuracy on labelled data and fidelity against a reference model's outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+Runner = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Outputs:
+    """Model outputs over a dataset: ``logits`` [N, C] and ``labels`` [N] (-1 when unlabelled)."""
+
+    logits: torch.Tensor
+    labels: torch.Tensor
+
+    @property
+    def labelled(self) -> bool:
+        return bool((self.labels >= 0).all()) and len(self.labels) > 0
+
+
+def torch_runner(model: torch.nn.Module) -> Runner:
+    """Run a PyTorch model without gradients."""
+    model.eval()
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(images).float()
+
+    return run
+
+
+def ort_runner(path: str, threads: int = 0) -> Runner:
+    """Run an exported ONNX model in ONNX Runtime (CPU)."""
+    from vitslim.evaluate.runtimes import ort_session
+
+    session = ort_session(path, threads=threads)
+    input_name = session.get_inputs()[0].name
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {input_name: images.numpy()})[0]).float()
+
+    return run
+
+
+def collect_outputs(
+    runner: Runner, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], desc: str = "evaluate", progress: bool = True
+) -> Outputs:
+    """Run every batch of ``(images, labels)`` through ``runner``."""
+    logits, labels = [], []
+    for images, target in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
+        logits.append(runner(images))
+        labels.append(target)
+    if not logits:
+        raise ValueError("no data to evaluate")
+    return Outputs(torch.cat(logits), torch.cat(labels).long())
+
+
+def topk_accuracy(outputs: Outputs, k: int) -> float | None:
+    """Fraction of samples whose label is among the ``k`` highest logits; None if unlabelled or k > classes."""
+    if not outputs.labelled or outputs.logits.shape[1] < k:
+        return None
+    top = outputs.logits.topk(k, dim=1).indices
+    return float((top == outputs.labels[:, None]).any(dim=1).float().mean())
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """How closely outputs follow a reference: argmax agreement, mean cosine, mean KL(ref || out)."""
+
+    agreement: float | None
+    cosine: float
+    kl: float | None
+
+
+def fidelity(reference: torch.Tensor, outputs: torch.Tensor, classifier: bool = True) -> Fidelity:
+    """Compare ``outputs`` with ``reference`` (same inputs, same order).
+
+    For a headless backbone (``classifier=False``) outputs are features: only cosine applies.
+    """
+    if reference.shape != outputs.shape:
+        raise ValueError(f"output shapes differ: {tuple(reference.shape)} vs {tuple(outputs.shape)}")
+    reference, outputs = reference.flatten(1).double(), outputs.flatten(1).double()
+    cosine = float(F.cosine_similarity(reference, outputs, dim=1).mean())
+    if not classifier:
+        return Fidelity(None, cosine, None)
+    agreement = float((reference.argmax(1) == outputs.argmax(1)).double().mean())
+    kl = F.kl_div(F.log_softmax(outputs, 1), F.log_softmax(reference, 1), log_target=True, reduction="batchmean")
+    return Fidelity(agreement, cosine, float(kl))

@@ -1,0 +1,128 @@
+"""Latency benchmarks: warm-up, then timed runs; median/p90/p99 and images per second."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+DEFAULT_WARMUP = 3
+DEFAULT_RUNS = 30
+MIN_RUNS = 5
+DEFAULT_MAX_SECONDS = 20.0
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Timing of one runtime at one batch size and thread count, in milliseconds per batch."""
+
+    runtime: str
+    batch: int
+    threads: int
+    warmup: int
+    runs: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    images_per_s: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_threads(threads: int) -> int:
+    """``threads`` if positive, else all the machine's logical cores."""
+    return threads if threads > 0 else (os.cpu_count() or 1)
+
+
+def time_calls(
+    fn: Callable[[], object],
+    runtime: str,
+    batch: int,
+    threads: int,
+    warmup: int = DEFAULT_WARMUP,
+    runs: int = DEFAULT_RUNS,
+    max_seconds: float = DEFAULT_MAX_SECONDS,
+) -> Latency:
+    """Call ``fn`` ``warmup`` times untimed, then up to ``runs`` times (at least MIN_RUNS, stopping
+    once ``max_seconds`` of timed calls have passed) and summarise the per-call times."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    budget_end = time.perf_counter() + max_seconds
+    while len(times) < runs and (len(times) < MIN_RUNS or time.perf_counter() < budget_end):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000.0)
+    p50, p90, p99 = np.percentile(times, [50, 90, 99])
+    return Latency(
+        runtime,
+        batch,
+        threads,
+        warmup,
+        len(times),
+        float(p50),
+        float(p90),
+        float(p99),
+        statistics.fmean(times),
+        batch * 1000.0 / float(p50),
+    )
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Temporarily set PyTorch's intra-op thread count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def bench_torch(
+    model: torch.nn.Module,
+    input_size: tuple[int, ...],
+    batch_sizes: list[int],
+    threads: int = 0,
+    progress: bool = True,
+    **timing: float,
+) -> list[Latency]:
+    """PyTorch eager latency of ``model`` on random inputs for each batch size."""
+    threads = resolve_threads(threads)
+    results = []
+    model.eval()
+    with torch_threads(threads), torch.no_grad():
+        for batch in tqdm(batch_sizes, desc="bench pytorch", unit="batch size", disable=not progress, leave=False):
+            x = torch.randn(batch, *input_size)
+            results.append(time_calls(lambda: model(x), "pytorch", batch, threads, **timing))  # noqa: B023
+    return results
+
+
+def bench_ort(
+    path: str,
+    input_size: tuple[int, ...],
+    batch_sizes: list[int],
+    threads: int = 0,
+    progress: bool = True,
+    **timing: float,
+) -> list[Latency]:
+    """ONNX Runtime (CPU EP) latency of the model at ``path`` for each batch size."""
+    from vitslim.evaluate.runtimes import ort_session
+
+    threads = resolve_threads(threads)
+    session = ort_session(path, threads=threads)
+    name = session.get_inputs()[0].name
+    results = []
+    for batch in tqdm(batch_sizes, desc="bench onnxruntime", unit="batch size", disable=not progress, leave=False):
+        feed = {name: np.random.default_rng(0).standard_normal((batch, *input_size), dtype=np.float32)}
+        results.append(time_calls(lambda: session.run(None, feed), "onnxruntime", batch, threads, **timing))  # noqa: B023
+    return results

@@ -1,0 +1,1 @@
+"""Exporters: ONNX (run by ONNX Runtime) and, later, TensorRT engines."""

@@ -1,0 +1,87 @@
+"""FP32 ONNX export of any image model, with an ONNX Runtime parity check."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from vitslim.errors import UserError
+
+DEFAULT_OPSET = 18
+
+
+def export_onnx(
+    model: torch.nn.Module,
+    path: str | Path,
+    input_size: tuple[int, int, int],
+    *,
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = True,
+) -> Path:
+    """Export ``model`` (eval mode, CPU) to ``path`` with input ``input`` and output ``output``.
+
+    The batch dimension is dynamic unless ``dynamic_batch`` is false. The file is written to a
+    temporary name in the same folder and renamed, so a failed export leaves nothing behind.
+    A model the exporter cannot trace raises a UserError.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    example = torch.randn(2, *input_size)
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                model,
+                (example,),
+                dynamo=True,
+                opset_version=opset,
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_shapes=dynamic_shapes,
+                external_data=False,
+            )
+            program.save(tmp)
+        onnx.checker.check_model(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; an exported model is meant to be shared
+        os.replace(tmp, path)
+    except torch.onnx.OnnxExporterError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{type(model).__name__} cannot be exported to ONNX: {reason}") from exc
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+@dataclass(frozen=True)
+class Parity:
+    """How closely an exported model reproduces PyTorch on the same inputs."""
+
+    max_abs_diff: float
+    top1_agreement: float
+    samples: int
+
+
+def check_parity(model: torch.nn.Module, onnx_path: str | Path, inputs: torch.Tensor, threads: int = 0) -> Parity:
+    """Run ``inputs`` through PyTorch and ONNX Runtime; return the max abs diff and top-1 agreement."""
+    from vitslim.evaluate.runtimes import ort_session
+
+    session = ort_session(onnx_path, threads=threads)
+    with torch.no_grad():
+        ref = model.eval()(inputs).float().numpy()
+    out = session.run(None, {session.get_inputs()[0].name: inputs.numpy()})[0]
+    agreement = float(np.mean(ref.argmax(-1) == out.argmax(-1))) if ref.ndim == 2 else float("nan")
+    return Parity(float(np.abs(ref - out).max()), agreement, int(inputs.shape[0]))

@@ -1,0 +1,67 @@
+"""Static facts about a model: parameters, FLOPs, tokens and layers."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from vitslim.compress.tokens import TokenConfigError, TokenReductionConfig, estimate_flops
+from vitslim.models import LoadedModel
+
+
+def count_flops(model: torch.nn.Module, input_size: tuple[int, ...]) -> int:
+    """FLOPs (2 x multiply-accumulates) of one forward pass on one image, counted by PyTorch."""
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model.eval()(torch.zeros(1, *input_size))
+    return int(counter.get_total_flops())
+
+
+def token_reduction_info(model: torch.nn.Module, cfg: TokenReductionConfig) -> dict:
+    """Tokens per layer and block FLOPs (attention + MLP) of ``model`` under ``cfg``, reduced vs unreduced."""
+    if not (hasattr(model, "patch_embed") and hasattr(model, "blocks")):
+        raise TokenConfigError(f"token schedules need a timm VisionTransformer, not {type(model).__name__}")
+    flops = estimate_flops(model, cfg)
+    return {
+        "config": cfg.to_dict(),
+        "tokens_per_layer": flops["tokens_per_layer"],
+        "block_flops": flops["total_flops"],
+        "unreduced_block_flops": flops["unreduced_flops"],
+        "flops_ratio": flops["ratio"],
+    }
+
+
+def model_info(loaded: LoadedModel, tokens: TokenReductionConfig | None = None) -> dict:
+    """Parameters, FLOPs per image, token count and layer structure of a loaded model.
+
+    ``tokens_per_layer`` lists the tokens into each block, then out of the last one. With a
+    token-reduction config ``tokens``, ``token_reduction`` holds the same under that schedule
+    with the blocks' FLOPs reduced and unreduced (see :func:`token_reduction_info`).
+    """
+    model = loaded.model
+    linears = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    info = {
+        "name": loaded.name,
+        "source": loaded.source,
+        "architecture": type(model).__name__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "input_size": list(loaded.input_size),
+        "num_classes": loaded.num_classes,
+        "flops_per_image": count_flops(model, loaded.input_size),
+        "linear_layers": len(linears),
+    }
+    patch_embed = getattr(model, "patch_embed", None)
+    if patch_embed is not None and hasattr(model, "blocks"):
+        prefix = getattr(model, "num_prefix_tokens", 0)
+        info.update(
+            depth=len(model.blocks),
+            embed_dim=getattr(model, "embed_dim", None),
+            num_heads=getattr(model.blocks[0].attn, "num_heads", None) if len(model.blocks) else None,
+            patch_size=list(getattr(patch_embed, "patch_size", [])),
+            prefix_tokens=prefix,
+            tokens=patch_embed.num_patches + prefix,
+        )
+        info["tokens_per_layer"] = [info["tokens"]] * (info["depth"] + 1)
+    if tokens is not None:
+        info["token_reduction"] = token_reduction_info(model, tokens)
+    return info

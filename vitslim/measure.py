@@ -1,0 +1,177 @@
+"""Measuring a model end to end: accuracy, fidelity, ONNX export parity and latency."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+import vitslim
+from vitslim.calib import build_transform, load_dataset, make_loader
+from vitslim.errors import UserError
+from vitslim.evaluate.accuracy import Outputs, collect_outputs, fidelity, ort_runner, topk_accuracy, torch_runner
+from vitslim.evaluate.environment import environment
+from vitslim.evaluate.latency import (
+    DEFAULT_RUNS,
+    DEFAULT_WARMUP,
+    bench_ort,
+    bench_torch,
+    resolve_threads,
+    torch_threads,
+)
+from vitslim.export.onnx_export import DEFAULT_OPSET, export_onnx
+from vitslim.models import LoadedModel
+
+
+@dataclass
+class EvalData:
+    """A seeded sample of a dataset in a fixed order, so every variant sees the same images."""
+
+    name: str
+    batches: DataLoader
+    labelled: bool
+    skipped: int
+
+    @property
+    def samples(self) -> int:
+        return len(self.batches.dataset)  # type: ignore[arg-type]
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "samples": self.samples,
+            "labelled": self.labelled,
+            "skipped_unreadable": self.skipped,
+        }
+
+
+def load_eval_data(loaded: LoadedModel, spec: str | None, limit: int | None, seed: int, batch_size: int) -> EvalData:
+    """Preprocess ``limit`` seeded images of ``spec`` (default: the model's own test data)."""
+    spec = spec or loaded.default_data
+    if spec is None:
+        raise UserError(f"--data is required for model {loaded.name} (an image folder)")
+    dataset = load_dataset(spec, transform=build_transform(loaded.data_config))
+    batches = make_loader(dataset, batch_size=batch_size, limit=limit, seed=seed)
+    return EvalData(spec, batches, bool(getattr(dataset, "labelled", False)), len(getattr(dataset, "skipped", [])))
+
+
+def score(outputs: Outputs, reference: Outputs | None, classifier: bool) -> dict:
+    """top-1/top-5 (None when unlabelled) and fidelity against ``reference`` (itself when None)."""
+    fid = fidelity((reference or outputs).logits, outputs.logits, classifier=classifier)
+    return {
+        "top1": topk_accuracy(outputs, 1) if classifier else None,
+        "top5": topk_accuracy(outputs, 5) if classifier else None,
+        "agreement": fid.agreement,
+        "cosine": fid.cosine,
+        "kl": fid.kl,
+    }
+
+
+def evaluate_torch(model: torch.nn.Module, data: EvalData, threads: int, progress: bool = True) -> Outputs:
+    with torch_threads(resolve_threads(threads)):
+        return collect_outputs(torch_runner(model), data.batches, desc="evaluate pytorch", progress=progress)
+
+
+def evaluate_onnx(path: str | Path, data: EvalData, threads: int, progress: bool = True) -> Outputs:
+    runner = ort_runner(str(path), threads=resolve_threads(threads))
+    return collect_outputs(runner, data.batches, desc="evaluate onnxruntime", progress=progress)
+
+
+def onnx_parity(reference: Outputs, onnx_outputs: Outputs, path: Path, opset: int, classifier: bool) -> dict:
+    """How the exported model's outputs on real data compare with PyTorch's."""
+    fid = fidelity(reference.logits, onnx_outputs.logits, classifier=classifier)
+    return {
+        "file": path.name,
+        "opset": opset,
+        "size_bytes": path.stat().st_size,
+        "max_abs_diff": float((reference.logits - onnx_outputs.logits).abs().max()),
+        "top1_agreement": fid.agreement,
+        "top1": topk_accuracy(onnx_outputs, 1) if classifier else None,
+        "samples": len(onnx_outputs.labels),
+    }
+
+
+def model_summary(loaded: LoadedModel) -> dict:
+    return {
+        "name": loaded.name,
+        "source": loaded.source,
+        "parameters": sum(p.numel() for p in loaded.model.parameters()),
+        "input_size": list(loaded.input_size),
+        "num_classes": loaded.num_classes,
+    }
+
+
+@dataclass
+class MeasureSettings:
+    """Where and how every variant of one run is measured."""
+
+    data: EvalData
+    out_dir: Path
+    threads: int
+    batch_sizes: list[int]
+    progress: bool = True
+    warmup: int = DEFAULT_WARMUP
+    runs: int = DEFAULT_RUNS
+
+    def describe(self) -> dict:
+        return {
+            "threads": resolve_threads(self.threads),
+            "batch_sizes": self.batch_sizes,
+            "inputs": "random normal",
+            "warmup": self.warmup,
+            "runs": self.runs,
+        }
+
+
+def measure_variant(
+    name: str,
+    description: str,
+    model: torch.nn.Module,
+    loaded: LoadedModel,
+    settings: MeasureSettings,
+    reference: Outputs | None = None,
+) -> tuple[dict, Outputs]:
+    """Evaluate ``model`` in PyTorch (fidelity against ``reference``, itself when None), export it
+    to ``<out_dir>/model_<name>.onnx``, check the export on the same data and time PyTorch and
+    ONNX Runtime. Returns the report variant and the PyTorch outputs."""
+    classifier = loaded.num_classes > 0
+    data, threads, progress = settings.data, settings.threads, settings.progress
+    timing = {"warmup": settings.warmup, "runs": settings.runs}
+    outputs = evaluate_torch(model, data, threads, progress)
+    onnx_path = export_onnx(model, settings.out_dir / f"model_{name}.onnx", loaded.input_size, opset=DEFAULT_OPSET)
+    onnx_outputs = evaluate_onnx(onnx_path, data, threads, progress)
+    latency = bench_torch(model, loaded.input_size, settings.batch_sizes, threads, progress=progress, **timing)
+    latency += bench_ort(str(onnx_path), loaded.input_size, settings.batch_sizes, threads, progress=progress, **timing)
+    variant = {
+        "name": name,
+        "description": description,
+        "evaluated_with": "pytorch",
+        **score(outputs, reference, classifier),
+        "size_bytes": onnx_path.stat().st_size,
+        "onnx": onnx_parity(outputs, onnx_outputs, onnx_path, DEFAULT_OPSET, classifier),
+        "latency": [entry.to_dict() for entry in latency],
+    }
+    return variant, outputs
+
+
+def new_report(loaded: LoadedModel, settings: MeasureSettings, variants: list[dict], command: str = "") -> dict:
+    """The report.json dict around measured ``variants`` (the ``fp32`` one first)."""
+    return {
+        "vitslim_version": vitslim.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "model": model_summary(loaded),
+        "data": settings.data.describe(),
+        "environment": environment(),
+        "benchmark": settings.describe(),
+        "variants": variants,
+    }
+
+
+def fp32_report(loaded: LoadedModel, settings: MeasureSettings, command: str = "") -> dict:
+    """Measure the uncompressed model as variant ``fp32`` and return the report dict."""
+    variant, _ = measure_variant("fp32", "uncompressed model", loaded.model, loaded, settings)
+    return new_report(loaded, settings, [variant], command)
