@@ -90,6 +90,8 @@ def main() -> None:
     start = time.time()
 
     backbone = create_backbone()
+    feature_cache = cache_dir() / "features"
+    cached_before = sorted(p.name for p in feature_cache.glob("*.pt")) if feature_cache.is_dir() else []
     train_x, train_y = extract(backbone, "train", args.train_images, args.seed)
     test_x, test_y = extract(backbone, "test", None, args.seed)
 
@@ -122,6 +124,7 @@ def main() -> None:
         "torch": torch.__version__,
         "machine": f"{platform.machine()}, {args.threads} threads",
         "wall_time_s": round(time.time() - start, 1),
+        "features_read_from_cache": cached_before,
         "date": datetime.date.today().isoformat(),
     }
     (WEIGHTS / HEAD_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import timm
 import torch
+import torch.nn.functional as F
 from PIL import Image
+
+from vitslim.compress.quant import QuantConfig, SiteSpec
 
 # Tiny members of the timm ViT families vitslim supports: plain ViT, DeiT-style, DINOv2-style
 # (layer-scale + register tokens) and a class-token-free model with average pooling.
@@ -35,3 +38,44 @@ def write_class_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog"), pe
             pixels = torch.randint(0, 256, (20, 24, 3), generator=gen, dtype=torch.uint8).numpy()
             Image.fromarray(pixels).save(root / name / f"{i}.png")
     return root
+
+
+def meaningful_vit(family: str = "vit", seed: int = 0, ln_spread: bool = False, **overrides) -> torch.nn.Module:
+    """A tiny ViT with Linear weights redrawn at std 1/sqrt(fan_in) (timm's 0.02 init gives
+    near-uniform attention) and layer-scale 0.5; with ``ln_spread``, random LayerNorm affines
+    whose channel scales spread over orders of magnitude (what the post-LN reparameterisation
+    is for; they also make the attention maps nearly one-hot)."""
+    model = tiny_vit(family, seed=seed, **overrides)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            if isinstance(mod, torch.nn.Linear):
+                mod.weight.copy_(torch.randn(mod.weight.shape, generator=g) / mod.weight.shape[1] ** 0.5)
+                if mod.bias is not None:
+                    mod.bias.copy_(torch.randn(mod.bias.shape, generator=g) * 0.1)
+            elif isinstance(mod, torch.nn.LayerNorm) and name.startswith("blocks") and ln_spread:
+                mod.weight.copy_(torch.exp(torch.randn(mod.weight.shape, generator=g)))
+                mod.bias.copy_(torch.randn(mod.bias.shape, generator=g))
+            elif hasattr(mod, "gamma"):
+                mod.gamma.fill_(0.5)
+    return model
+
+
+def uniform_cfg(w_bits: int, a_bits: int, **changes) -> QuantConfig:
+    """``QuantConfig.uniform`` with a 16-point weight clipping search (the default 100-point
+    per-channel search dominates the run time of these tests at 8 bits)."""
+    weight = SiteSpec("uniform", w_bits, {"symmetric": True, "channel_axis": 0, "grid": 16})
+    return QuantConfig.uniform(w_bits, a_bits, weight=weight, **changes)
+
+
+def images(n: int = 8, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(F.cosine_similarity(a.flatten(1), b.flatten(1), dim=-1).mean())
+
+
+def run(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x)

@@ -26,7 +26,6 @@ from vitslim.calib.fashion_mnist import read_idx
 from vitslim.errors import UserError
 
 
-
 def write_image(path: Path, mode: str = "RGB", size: tuple[int, int] = (12, 10)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new(mode, size, color=128 if mode in ("L", "P") else (200, 30, 60)[: len(mode)]).save(path)
@@ -110,8 +109,13 @@ def all_corrupt(p: Path) -> Path:
 
 @pytest.mark.parametrize(
     ("setup", "message"),
-    [(missing, "does not exist"), (a_file, "not a folder"), (empty, "contains no images"),
-     (non_images, "contains no images"), (all_corrupt, "None of the 2 images")],
+    [
+        (missing, "does not exist"),
+        (a_file, "not a folder"),
+        (empty, "contains no images"),
+        (non_images, "contains no images"),
+        (all_corrupt, "None of the 2 images"),
+    ],
     ids=["missing", "a-file", "empty", "non-images", "all-corrupt"],
 )
 def test_folder_user_errors(tmp_path: Path, setup, message: str) -> None:
@@ -228,8 +232,9 @@ def test_sample_indices_properties(total: int, limit: int, seed: int) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_data_config() -> dict:
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
-                              depth=1, embed_dim=32, num_heads=2)
+    model = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=1, embed_dim=32, num_heads=2
+    )
     return timm.data.resolve_data_config({}, model=model)
 
 

@@ -32,18 +32,6 @@ UNSIGNED = ["adalog", "log2", "logsqrt2", "tanq", "twin_uniform"]
 LOGS = ["adalog", "log2", "logsqrt2"]
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Run this module with one intra-op thread, restored afterwards: on a busy 2-core
-    machine OpenMP makes each small op ~500x slower (14 ms instead of 0.03 ms for a
-    40k-element log2); results are identical either way."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 PROP = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -108,8 +96,9 @@ def test_registry_lists_with_wildcards():
     assert get_quantizer_class("adalog") is AdaLogQuantizer
 
 
-@pytest.mark.parametrize("typo,suggestion", [("unifrom", "uniform"), ("adalg", "adalog"),
-                                             ("log_sqrt2", "logsqrt2"), ("tanQ", "tanq")])
+@pytest.mark.parametrize(
+    "typo,suggestion", [("unifrom", "uniform"), ("adalg", "adalog"), ("log_sqrt2", "logsqrt2"), ("tanQ", "tanq")]
+)
 def test_registry_unknown_name_suggests(typo, suggestion):
     with pytest.raises(UserError, match=f"did you mean .*'{suggestion}'"):
         create_quantizer(typo, bits=4)
@@ -159,8 +148,13 @@ def test_bad_options_rejected():
 
 # --------------------------------------------------------- unsigned (softmax)
 @PROP
-@given(name=st.sampled_from(UNSIGNED), bits=st.integers(2, 8), seed=st.integers(0, 2**16),
-       sigma=st.floats(0.5, 6.0), tokens=st.integers(2, 64))
+@given(
+    name=st.sampled_from(UNSIGNED),
+    bits=st.integers(2, 8),
+    seed=st.integers(0, 2**16),
+    sigma=st.floats(0.5, 6.0),
+    tokens=st.integers(2, 64),
+)
 def test_unsigned_properties_on_softmax(name, bits, seed, sigma, tokens):
     x = softmax_data(seed, sigma, rows=4, tokens=tokens)
     q = create_quantizer(name, bits=bits).calibrate(x)
@@ -224,8 +218,9 @@ def test_logsqrt2_levels_follow_the_formula():
     assert float(q.dequantize(torch.tensor([15], dtype=torch.int32))[0]) == 0.0
     # the scale is one of the RepQ-ViT candidates: a quantile or the max
     x = softmax_data(3, 2.0, rows=2).reshape(-1)
-    cands = [float(torch.kthvalue(x, int(round(p * (x.numel() - 1))) + 1).values)
-             for p in (0.999, 0.9999, 0.99999)] + [float(x.max())]
+    cands = [float(torch.kthvalue(x, int(round(p * (x.numel() - 1))) + 1).values) for p in (0.999, 0.9999, 0.99999)] + [
+        float(x.max())
+    ]
     assert min(abs(float(q.scale) - c) for c in cands) < 1e-7
 
 
@@ -299,11 +294,20 @@ def test_log_quantizers_and_tanq_beat_4bit_uniform_on_softmax():
     assert mse["adalog"] < 0.5 * uni_mse and mse["logsqrt2"] < 0.5 * uni_mse
 
 
-@pytest.mark.parametrize("name,options", [
-    ("uniform", {"method": "minmax"}), ("uniform", {"method": "mse"}),
-    ("uniform", {"method": "percentile"}), ("uniform", {"symmetric": True}),
-    ("log2", {}), ("logsqrt2", {}), ("adalog", {}), ("tanq", {}), ("twin_uniform", {}),
-])
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("uniform", {"method": "minmax"}),
+        ("uniform", {"method": "mse"}),
+        ("uniform", {"method": "percentile"}),
+        ("uniform", {"symmetric": True}),
+        ("log2", {}),
+        ("logsqrt2", {}),
+        ("adalog", {}),
+        ("tanq", {}),
+        ("twin_uniform", {}),
+    ],
+)
 def test_more_bits_never_worse(name, options):
     x = softmax_data(8, 2.0, rows=1)
     errs = [create_quantizer(name, bits=b, **options).calibrate(x).mse(x) for b in range(2, 9)]
@@ -313,20 +317,24 @@ def test_more_bits_never_worse(name, options):
 
 def test_more_bits_never_worse_uniform_gaussian_per_channel():
     w = weight_data(9, 16, 64, outliers=False)
-    errs = [UniformQuantizer(b, symmetric=True, channel_axis=0).calibrate(w).mse(w)
-            for b in range(2, 9)]
+    errs = [UniformQuantizer(b, symmetric=True, channel_axis=0).calibrate(w).mse(w) for b in range(2, 9)]
     assert all(b <= a for a, b in zip(errs, errs[1:], strict=False)), errs
 
 
 # --------------------------------------------------------------------- uniform
 @PROP
-@given(bits=st.integers(2, 8), seed=st.integers(0, 2**16), symmetric=st.booleans(),
-       per_channel=st.booleans(), method=st.sampled_from(["minmax", "percentile", "mse"]),
-       outliers=st.booleans(), offset=st.floats(-2.0, 2.0))
+@given(
+    bits=st.integers(2, 8),
+    seed=st.integers(0, 2**16),
+    symmetric=st.booleans(),
+    per_channel=st.booleans(),
+    method=st.sampled_from(["minmax", "percentile", "mse"]),
+    outliers=st.booleans(),
+    offset=st.floats(-2.0, 2.0),
+)
 def test_uniform_properties(bits, seed, symmetric, per_channel, method, outliers, offset):
     x = weight_data(seed, 12, 40, outliers) + offset
-    q = UniformQuantizer(bits, symmetric=symmetric, channel_axis=0 if per_channel else None,
-                         method=method).calibrate(x)
+    q = UniformQuantizer(bits, symmetric=symmetric, channel_axis=0 if per_channel else None, method=method).calibrate(x)
     check_common(q, x)
     scale = q.scale if per_channel else q.scale.expand(12)
     assert q.scale.shape == ((12,) if per_channel else ())
@@ -405,23 +413,28 @@ def test_percentile_clips_outliers_and_mse_beats_minmax_on_heavy_tails():
 
 
 # ----------------------------------------------------------- config / state
-@pytest.mark.parametrize("name,options,data", [
-    ("uniform", {"symmetric": True, "channel_axis": 0}, "weight"),
-    ("uniform", {"channel_axis": -1, "method": "percentile"}, "act"),
-    ("uniform", {}, "softmax"),
-    ("log2", {}, "softmax"),
-    ("logsqrt2", {}, "softmax"),
-    ("adalog", {"shift": GELU_SHIFT}, "gelu"),
-    ("adalog", {}, "softmax"),
-    ("tanq", {}, "softmax"),
-    ("tanq", {"alpha": 1.0}, "softmax"),
-    ("twin_uniform", {}, "softmax"),
-])
+@pytest.mark.parametrize(
+    "name,options,data",
+    [
+        ("uniform", {"symmetric": True, "channel_axis": 0}, "weight"),
+        ("uniform", {"channel_axis": -1, "method": "percentile"}, "act"),
+        ("uniform", {}, "softmax"),
+        ("log2", {}, "softmax"),
+        ("logsqrt2", {}, "softmax"),
+        ("adalog", {"shift": GELU_SHIFT}, "gelu"),
+        ("adalog", {}, "softmax"),
+        ("tanq", {}, "softmax"),
+        ("tanq", {"alpha": 1.0}, "softmax"),
+        ("twin_uniform", {}, "softmax"),
+    ],
+)
 def test_config_and_state_dict_round_trip(name, options, data, tmp_path):
-    x = {"weight": weight_data(13, 10, 20, False),
-         "act": torch.randn(3, 7, 12),
-         "softmax": softmax_data(13, 2.0, rows=2),
-         "gelu": gelu_data(13)}[data]
+    x = {
+        "weight": weight_data(13, 10, 20, False),
+        "act": torch.randn(3, 7, 12),
+        "softmax": softmax_data(13, 2.0, rows=2),
+        "gelu": gelu_data(13),
+    }[data]
     q = create_quantizer(name, bits=5, **options).calibrate(x)
     cfg = json.loads(json.dumps(q.config()))
     assert cfg["name"] == name and cfg["bits"] == 5
@@ -441,11 +454,15 @@ def test_config_and_state_dict_round_trip(name, options, data, tmp_path):
 
 def test_state_dict_inside_a_module_tree():
     x = softmax_data(14, 2.0, rows=2)
-    tree = torch.nn.ModuleDict({"a": create_quantizer("adalog", bits=4).calibrate(x),
-                                "w": UniformQuantizer(4, symmetric=True, channel_axis=0)
-                                .calibrate(torch.randn(6, 4))})
-    fresh = torch.nn.ModuleDict({"a": create_quantizer("adalog", bits=4),
-                                 "w": UniformQuantizer(4, symmetric=True, channel_axis=0)})
+    tree = torch.nn.ModuleDict(
+        {
+            "a": create_quantizer("adalog", bits=4).calibrate(x),
+            "w": UniformQuantizer(4, symmetric=True, channel_axis=0).calibrate(torch.randn(6, 4)),
+        }
+    )
+    fresh = torch.nn.ModuleDict(
+        {"a": create_quantizer("adalog", bits=4), "w": UniformQuantizer(4, symmetric=True, channel_axis=0)}
+    )
     fresh.load_state_dict(tree.state_dict())
     assert torch.equal(fresh["a"](x), tree["a"](x))
     assert fresh["w"].scale.shape == (6,)

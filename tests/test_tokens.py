@@ -46,15 +46,6 @@ VARIANTS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is much faster than two on a loaded 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make(variant: str = "vit", depth: int = 4, fused: bool | None = None, seed: int = 0) -> VisionTransformer:
     name, extra = VARIANTS[variant]
     torch.manual_seed(seed)

@@ -73,8 +73,8 @@ class ImageFolderDataset(Dataset):
             raise UserError(f"Data folder {self.root} contains no images ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
 
         readable = [is_readable_image(p) for p, _ in candidates]
-        self.samples = [item for item, ok in zip(candidates, readable) if ok]
-        self.skipped = [p for (p, _), ok in zip(candidates, readable) if not ok]
+        self.samples = [item for item, ok in zip(candidates, readable, strict=True) if ok]
+        self.skipped = [p for (p, _), ok in zip(candidates, readable, strict=True) if not ok]
         if not self.samples:
             raise UserError(f"None of the {len(candidates)} images in data folder {self.root} could be read.")
 

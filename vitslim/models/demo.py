@@ -54,7 +54,8 @@ def backbone_onnx_path() -> Path:
         raise UserError(f"the demo model needs the {BACKBONE_WHEEL} wheel: run `{install_hint}`") from None
     if dist.version != BACKBONE_WHEEL_VERSION:
         raise UserError(
-            f"the demo model needs {BACKBONE_WHEEL}=={BACKBONE_WHEEL_VERSION}, found {dist.version}: run `{install_hint}`"
+            f"the demo model needs {BACKBONE_WHEEL}=={BACKBONE_WHEEL_VERSION}, "
+            f"found {dist.version}: run `{install_hint}`"
         )
     path = Path(str(dist.locate_file(BACKBONE_ONNX)))
     if not path.is_file():

@@ -1,0 +1,97 @@
+"""``quantize_``: the one verb of post-training quantization (reparameterise, place, calibrate)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from vitslim.errors import UserError
+
+from .calibration import OBJECTIVES, SEARCHES, calibrate_model, calibration_batches
+from .config import QuantConfig, suggest
+from .placement import INFO, apply_quantization, is_quantized
+from .reparam import fold_gelu_shift, reparameterize_layernorms
+from .sites import find_sites, layernorm_consumers
+
+__all__ = ["quantize_"]
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"unknown {name} {value!r}{suggest(value, choices)} (choose from {', '.join(choices)})")
+
+
+def quantize_(
+    model: nn.Module,
+    cfg: QuantConfig | Mapping[str, Any],
+    data: Tensor | Iterable,
+    *,
+    search: str = "mse",
+    objective: str = "mse",
+    sequential: bool = False,
+    progress: bool = True,
+    seed: int = 0,
+    samples: int = 2048,
+    keep: int = 8,
+) -> nn.Module:
+    """Quantize a timm ViT in place with ``cfg``, calibrated on ``data`` (image batches, or a
+    DataLoader of ``(images, labels)``); returns ``model`` with every quantizer enabled.
+
+    Steps: the reparameterisations ``cfg`` asks for (post-GELU shift, post-LN channel folding),
+    quantizer placement (:func:`~vitslim.compress.quant.placement.apply_quantization`) and
+    calibration (:func:`~vitslim.compress.quant.calibration.calibrate_model`: ``search`` in
+    ``mse | minmax | percentile | progressive``, ``objective`` in ``mse | cosine`` on each
+    layer's output, ``sequential`` block by block, about ``samples`` tokens kept per site,
+    ``keep`` candidates re-scored per site). Deterministic for a given ``seed``.
+    """
+    cfg = cfg if isinstance(cfg, QuantConfig) else QuantConfig.from_dict(cfg)
+    _check_choice("search", search, SEARCHES)
+    _check_choice("objective", objective, OBJECTIVES)
+    if samples < 1 or keep < 1:
+        raise UserError("samples and keep must be positive")
+    if is_quantized(model):
+        raise UserError("model is already quantized: call remove_quantization(model) first")
+    specs = cfg.resolve(find_sites(model))
+    param = next(model.parameters())
+    batches = calibration_batches(data, param.device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if cfg.gelu_shift:
+                mlps = [n[: -len(".fc2.input")] for n, s in specs.items() if n.endswith("mlp.fc2.input") and s]
+                fold_gelu_shift(model, mlps)
+            if cfg.ln_reparam:
+                bits = {}
+                for norm, linears in layernorm_consumers(model).items():
+                    spec = specs.get(f"{linears[0]}.input")
+                    if spec is not None and spec.quantizer == "uniform":
+                        bits[norm] = spec.bits
+                reparameterize_layernorms(model, batches, bits, target=cfg.ln_reparam, samples=samples, seed=seed)
+            apply_quantization(model, specs, seed=seed)
+            errors = calibrate_model(
+                model,
+                batches,
+                search=search,
+                objective=objective,
+                sequential=sequential,
+                samples=samples,
+                keep=keep,
+                seed=seed,
+                progress=progress,
+            )
+    finally:
+        model.train(was_training)
+    model.__dict__[INFO] = {
+        "config": cfg.to_dict(),
+        "search": search,
+        "objective": objective,
+        "sequential": sequential,
+        "seed": seed,
+        "images": sum(b.shape[0] for b in batches),
+        "site_errors": errors,
+    }
+    return model

@@ -1,0 +1,82 @@
+"""The explicit attention computation with quantizer hook points.
+
+``explicit_attention(attn, q, k, v, bias)`` computes ``softmax(q·kᵀ·scale + bias)·v`` and
+fake-quantizes its matmul operands through the points the quantization patch installs on
+the attention module (``q_quant``, ``k_quant``, ``softmax_quant``, ``v_quant``). It is the one
+explicit path shared by the quantized attention forward below and the token-reduction
+patch's attention forward, so the two patches compose in either order.
+
+A calibration *tap* (``attn._vq_tap``, a callable) sees the float operands ``(q, k, v, bias)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor, nn
+
+__all__ = ["ATTENTION_POINTS", "TAP", "explicit_attention", "uses_explicit_attention", "QuantAttentionMixin"]
+
+#: Attribute names of the hook points on an attention module, by slot.
+ATTENTION_POINTS = {"q": "q_quant", "k": "k_quant", "softmax": "softmax_quant", "v": "v_quant"}
+#: Attribute holding a calibration tap ``tap(q, k, v, bias)`` on an attention module.
+TAP = "_vq_tap"
+
+
+def _point(attn: nn.Module, slot: str) -> nn.Module | None:
+    return attn._modules.get(ATTENTION_POINTS[slot])
+
+
+def uses_explicit_attention(attn: nn.Module) -> bool:
+    """Whether ``attn`` must take the explicit path: an enabled hook point or a tap."""
+    if attn.__dict__.get(TAP) is not None:
+        return True
+    return any(p is not None and p.enabled for p in (_point(attn, s) for s in ATTENTION_POINTS))
+
+
+def _apply(attn: nn.Module, slot: str, x: Tensor) -> Tensor:
+    point = _point(attn, slot)
+    return x if point is None else point(x)
+
+
+def explicit_attention(
+    attn: nn.Module, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """``(softmax(q·kᵀ·attn.scale + bias) · v, attention map)`` for [B, H, N, D] operands.
+
+    The map is returned after its quantizer (what ``attn @ v`` consumes) and before
+    ``attn.attn_drop``.
+    """
+    tap: Callable[..., None] | None = attn.__dict__.get(TAP)
+    if tap is not None:
+        tap(q, k, v, bias)
+    q, k = _apply(attn, "q", q), _apply(attn, "k", k)
+    scores = (q * attn.scale) @ k.transpose(-2, -1)
+    if bias is not None:
+        scores = scores + bias
+    probs = _apply(attn, "softmax", scores.softmax(dim=-1))
+    out = attn.attn_drop(probs) @ _apply(attn, "v", v)
+    return out, probs
+
+
+class QuantAttentionMixin:
+    """Mixin for timm ``Attention``: timm's own forward unless a hook point is enabled, then
+    the same computation with :func:`explicit_attention` in place of the fused kernel."""
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+        if not uses_explicit_attention(self):
+            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+        if attn_mask is not None or is_causal:
+            raise NotImplementedError("quantized attention does not support attn_mask / is_causal")
+        B, N, _ = x.shape
+        gate_mod = getattr(self, "gate", None)
+        gate = gate_mod(x).sigmoid() if gate_mod is not None else None
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        x, _ = explicit_attention(self, q, k, v)
+        x = x.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim)
+        x = self.norm(x)
+        if gate is not None:
+            x = x * gate
+        return self.proj_drop(self.proj(x))

@@ -1,0 +1,264 @@
+"""Plain-data quantization configs: which quantizer and bits per site kind, with overrides.
+
+>>> cfg = QuantConfig.uniform(4, 4)                                  # W4A4, uniform everywhere
+>>> cfg = QuantConfig.log(4, 4, softmax="adalog", gelu="adalog")     # + AdaLog, LN reparam
+>>> cfg = dataclasses.replace(cfg, overrides={"head.*": None})       # keep the head float
+>>> QuantConfig.from_dict(cfg.to_dict()) == cfg
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from vitslim.errors import UserError
+
+from .base import UnsignedQuantizer
+from .registry import create_quantizer, get_quantizer_class
+from .sites import SITE_KINDS, Site
+from .uniform import UniformQuantizer
+
+__all__ = ["SiteSpec", "QuantConfig", "LN_TARGETS", "PRESETS", "kind_options", "suggest"]
+
+#: Target statistics of the post-LayerNorm reparameterisation (see ``reparam.py``).
+LN_TARGETS = ("mean", "median", "mad")
+#: Options every weight quantizer starts from: symmetric (zero stays zero), per output channel.
+WEIGHT_OPTIONS = {"symmetric": True, "channel_axis": 0}
+#: Kinds whose values are non-negative (after the GELU shift): the only ones unsigned
+#: quantizers (log2, logsqrt2, adalog, tanq, twin_uniform) may be placed on.
+UNSIGNED_KINDS = ("post_softmax", "post_gelu")
+
+
+def suggest(word: str, choices: Iterable[str]) -> str:
+    """A "did you mean" hint naming the closest ``choices`` (empty when none is close)."""
+    close = difflib.get_close_matches(str(word), list(choices), n=3, cutoff=0.5)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def _check_keys(data: Mapping[str, Any], allowed: Iterable[str], where: str) -> None:
+    if not isinstance(data, Mapping):
+        raise UserError(f"{where} must be a mapping, got {type(data).__name__}")
+    allowed = list(allowed)
+    for key in data:
+        if key not in allowed:
+            raise UserError(f"unknown key {key!r} in {where}{suggest(key, allowed)} (allowed: {', '.join(allowed)})")
+
+
+def kind_options(kind: str, spec: SiteSpec) -> dict[str, Any]:
+    """The quantizer options of ``spec`` on a site of ``kind`` (weight defaults filled in)."""
+    return {**WEIGHT_OPTIONS, **spec.options} if kind == "weight" else dict(spec.options)
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    """A quantizer name from the registry, its bits and constructor options."""
+
+    quantizer: str
+    bits: int
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        get_quantizer_class(self.quantizer)  # UserError with suggestions when unknown
+        if not isinstance(self.options, Mapping) or not all(isinstance(k, str) for k in self.options):
+            raise UserError(f"options of quantizer {self.quantizer!r} must be a mapping with string keys")
+        object.__setattr__(self, "options", dict(self.options))
+        self.build()  # bad bits / options fail here, not in the middle of calibration
+
+    @property
+    def unsigned(self) -> bool:
+        """Whether the quantizer only represents non-negative values."""
+        return issubclass(get_quantizer_class(self.quantizer), UnsignedQuantizer)
+
+    def build(self, **options: Any):
+        """A fresh (uncalibrated) quantizer; ``options`` are added under the spec's own."""
+        try:
+            return create_quantizer(self.quantizer, self.bits, **{**options, **self.options})
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"bad quantizer spec {self.quantizer!r} with {self.bits} bits: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"quantizer": self.quantizer, "bits": self.bits, "options": dict(self.options)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None, where: str = "site spec") -> SiteSpec | None:
+        """``{"quantizer": name, "bits": b, "options": {...}}``; ``None`` keeps the sites float."""
+        if data is None:
+            return None
+        _check_keys(data, ("quantizer", "bits", "options"), where)
+        if "quantizer" not in data or "bits" not in data:
+            raise UserError(f"{where} needs 'quantizer' and 'bits'")
+        return cls(data["quantizer"], data["bits"], data.get("options") or {})
+
+
+def _uniform(bits: int) -> SiteSpec:
+    return SiteSpec("uniform", bits)
+
+
+def _weight(bits: int) -> SiteSpec:
+    return SiteSpec("uniform", bits, dict(WEIGHT_OPTIONS))
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Quantizer per site kind (``None``: keep float) plus per-site ``overrides``.
+
+    ``overrides`` maps fnmatch patterns of site names (``"head.*"``, ``"blocks.0.attn.softmax"``)
+    to a spec or ``None``; when several match, the last one wins. ``ln_reparam`` folds
+    channel-wise post-LayerNorm ranges into the LayerNorm and the next Linear (RepQ-ViT) with
+    the target ``"mean"``, ``"median"`` or ``"mad"`` (see ``reparam.py``); ``gelu_shift`` folds the
+    post-GELU shift into fc2's bias (AdaLog). The default is W8A8 uniform.
+    """
+
+    weight: SiteSpec | None = _weight(8)
+    post_ln: SiteSpec | None = _uniform(8)
+    post_gelu: SiteSpec | None = _uniform(8)
+    post_softmax: SiteSpec | None = _uniform(8)
+    qk: SiteSpec | None = _uniform(8)
+    v: SiteSpec | None = _uniform(8)
+    generic: SiteSpec | None = _uniform(8)
+    overrides: Mapping[str, SiteSpec | None] = field(default_factory=dict)
+    ln_reparam: str | None = None
+    gelu_shift: bool = False
+
+    def __post_init__(self) -> None:
+        for kind in SITE_KINDS:
+            spec = getattr(self, kind)
+            if spec is not None:
+                _check_spec(kind, spec, kind)
+        if not isinstance(self.overrides, Mapping):
+            raise UserError("overrides must map site-name patterns to specs (or None)")
+        for pattern, spec in self.overrides.items():
+            if not isinstance(pattern, str) or not (spec is None or isinstance(spec, SiteSpec)):
+                raise UserError(f"override {pattern!r} must map a string pattern to a SiteSpec or None")
+        object.__setattr__(self, "overrides", dict(self.overrides))
+        if self.ln_reparam is not None:
+            if self.ln_reparam not in LN_TARGETS:
+                raise UserError(
+                    f"unknown ln_reparam target {self.ln_reparam!r}{suggest(self.ln_reparam, LN_TARGETS)} "
+                    f"(choose from {', '.join(LN_TARGETS)} or None)"
+                )
+            if self.post_ln is None or not issubclass(get_quantizer_class(self.post_ln.quantizer), UniformQuantizer):
+                raise UserError("ln_reparam needs a uniform post_ln quantizer (it makes its ranges per-tensor)")
+        if not isinstance(self.gelu_shift, bool):
+            raise UserError(f"gelu_shift must be true or false, got {self.gelu_shift!r}")
+
+    # ------------------------------------------------------------------ resolving
+    def spec_for(self, site: Site) -> SiteSpec | None:
+        """The spec of one site: its kind's, then every matching override (last wins)."""
+        spec = getattr(self, site.kind)
+        for pattern, override in self.overrides.items():
+            if fnmatch.fnmatchcase(site.name, pattern):
+                spec = override
+        if spec is not None:
+            _check_spec(site.kind, spec, f"site {site.name!r}")
+        return spec
+
+    def resolve(self, sites: Iterable[Site]) -> dict[str, SiteSpec | None]:
+        """Spec per site name; warns about override patterns that match no site."""
+        sites = list(sites)
+        for pattern in self.overrides:
+            if not any(fnmatch.fnmatchcase(s.name, pattern) for s in sites):
+                hint = suggest(pattern, [s.name for s in sites])
+                warnings.warn(f"quantization override {pattern!r} matches no site{hint}", stacklevel=2)
+        return {s.name: self.spec_for(s) for s in sites}
+
+    # -------------------------------------------------------------------- presets
+    @classmethod
+    def uniform(cls, w_bits: int = 8, a_bits: int = 8, **changes: Any) -> QuantConfig:
+        """Uniform everywhere: symmetric per-channel weights, asymmetric per-tensor activations."""
+        a = _uniform(a_bits)
+        base = cls(weight=_weight(w_bits), post_ln=a, post_gelu=a, post_softmax=a, qk=a, v=a, generic=a)
+        return dataclasses.replace(base, **changes)
+
+    @classmethod
+    def log(
+        cls,
+        w_bits: int,
+        a_bits: int,
+        *,
+        softmax: str = "adalog",
+        gelu: str | None = "adalog",
+        ln_reparam: str | None = "mean",
+        **changes: Any,
+    ) -> QuantConfig:
+        """Uniform, plus the ``softmax`` quantizer on post-softmax maps, the ``gelu`` quantizer on
+        post-GELU inputs (shift folded into fc2; ``None`` keeps them uniform) and the post-LN
+        reparameterisation with target ``ln_reparam``."""
+        return cls.uniform(
+            w_bits,
+            a_bits,
+            post_softmax=SiteSpec(softmax, a_bits),
+            post_gelu=SiteSpec(gelu, a_bits) if gelu else _uniform(a_bits),
+            gelu_shift=gelu is not None,
+            ln_reparam=ln_reparam,
+            **changes,
+        )
+
+    @classmethod
+    def preset(cls, name: str) -> QuantConfig:
+        """A named preset: one of :data:`PRESETS`."""
+        if name not in PRESETS:
+            raise UserError(
+                f"unknown quantization preset {name!r}{suggest(name, PRESETS)} (available: {', '.join(PRESETS)})"
+            )
+        return PRESETS[name]()
+
+    # ------------------------------------------------------------------ plain data
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: None if getattr(self, k) is None else getattr(self, k).to_dict() for k in SITE_KINDS}
+        out["overrides"] = {p: None if s is None else s.to_dict() for p, s in self.overrides.items()}
+        out["ln_reparam"] = self.ln_reparam
+        out["gelu_shift"] = self.gelu_shift
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> QuantConfig:
+        """Inverse of :meth:`to_dict`; missing kinds keep their defaults, unknown keys are errors."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        _check_keys(data, names, "quantization config")
+        kw: dict[str, Any] = {k: SiteSpec.from_dict(data[k], f"'{k}'") for k in SITE_KINDS if k in data}
+        if "overrides" in data:
+            overrides = data["overrides"] or {}
+            if not isinstance(overrides, Mapping):
+                raise UserError("'overrides' must map site-name patterns to specs (or null)")
+            kw["overrides"] = {p: SiteSpec.from_dict(s, f"override {p!r}") for p, s in overrides.items()}
+        for key in ("ln_reparam", "gelu_shift"):
+            if key in data:
+                kw[key] = data[key]
+        return cls(**kw)
+
+
+def _check_spec(kind: str, spec: SiteSpec, where: str) -> None:
+    if not isinstance(spec, SiteSpec):
+        raise UserError(f"{where} must be a SiteSpec or None, got {type(spec).__name__}")
+    if kind == "weight":
+        opts = kind_options(kind, spec)
+        if spec.quantizer != "uniform" or not opts.get("symmetric", False):
+            raise UserError(
+                f"{where}: weights need a symmetric uniform quantizer so that zeros stay zero "
+                f"(2:4 sparsity relies on it), got {spec.quantizer!r} with options {spec.options}"
+            )
+    elif spec.options.get("channel_axis") not in (None, -1):
+        raise UserError(f"{where}: per-channel activation quantizers use channel_axis -1 (the feature axis)")
+    elif spec.unsigned and kind not in UNSIGNED_KINDS:
+        raise UserError(
+            f"{where}: quantizer {spec.quantizer!r} represents non-negative values only; "
+            f"use it on {' or '.join(UNSIGNED_KINDS)} sites, not {kind}"
+        )
+
+
+#: Named presets (the built-in recipes build on these).
+PRESETS = {
+    "w8a8": lambda: QuantConfig.uniform(8, 8),
+    "w6a6": lambda: QuantConfig.uniform(6, 6),
+    "w6a6-log": lambda: QuantConfig.log(6, 6, softmax="logsqrt2", gelu=None),
+    "w4a4-uniform": lambda: QuantConfig.uniform(4, 4),
+    "w4a4-adalog": lambda: QuantConfig.log(4, 4, softmax="adalog", gelu="adalog"),
+    "w4a4-tanq": lambda: QuantConfig.log(4, 4, softmax="tanq", gelu=None),
+}
