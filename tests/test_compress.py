@@ -23,34 +23,79 @@ def tiny(depth: int = TINY_DEPTH) -> list[str]:
 
 
 def fits_tiny(name: str) -> bool:
-    cfg = load_recipe(name).stages["tokens"]
+    cfg = load_recipe(name).stages.get("tokens")
     return not isinstance(cfg, TokenPruneConfig) or max(cfg.layers) < TINY_DEPTH
 
 
 def check_report(report: dict, out: Path) -> None:
-    """The report contract of a token recipe: fp32 first, the reduced model last, ONNX parity,
-    latency of both runtimes at each batch, fewer tokens and FLOPs after reduction."""
-    fp32, reduced = report["variants"]
-    assert (fp32["name"], reduced["name"]) == ("fp32", "tokens")
-    assert fp32["agreement"] == 1.0 and 0.0 <= reduced["agreement"] <= 1.0
+    """The report contract: fp32 first, then one variant per recipe stage in order; ONNX parity,
+    latency of both runtimes at each batch, one ONNX file per variant; fewer tokens and FLOPs
+    after token reduction; every quantized site listed with the recipe's bits."""
+    stages = list(report["recipe"]["stages"])
+    fp32, *variants = report["variants"]
+    assert [v["name"] for v in report["variants"]] == ["fp32", *stages]
+    assert fp32["agreement"] == 1.0 and fp32["quantization"] is None
     for variant in report["variants"]:
-        assert variant["onnx"]["top1_agreement"] == 1.0 and variant["onnx"]["max_abs_diff"] < 1e-3
+        assert 0.0 <= variant["agreement"] <= 1.0
+        assert variant["onnx"]["top1_agreement"] == 1.0, variant["onnx"]
+        # Quantized graphs: ORT's and PyTorch's float sums differ in the last bits, which can move a
+        # value across a rounding boundary (one code step); log/tan sites are emulated (test_export_qdq).
+        limit = 1e-3 if variant["quantization"] is None else 5e-2
+        assert variant["onnx"]["max_abs_diff"] < limit, variant["onnx"]
         assert {(lat["runtime"], lat["batch"]) for lat in variant["latency"]} == {
             (runtime, batch) for runtime in ("pytorch", "onnxruntime") for batch in (1, 2)
         }
-        assert (out / variant["onnx"]["file"]).is_file()
     assert fp32["tokens_per_layer"] == [65] * (TINY_DEPTH + 1)
-    tokens = reduced["tokens_per_layer"]
-    assert tokens[0] == 65 and tokens[-1] < 65 and all(a >= b for a, b in zip(tokens, tokens[1:], strict=False))
-    assert reduced["block_flops_per_image"] < fp32["block_flops_per_image"]
-    assert sorted(p.name for p in out.iterdir()) == ["model_fp32.onnx", "model_tokens.onnx", "report.json", "report.md"]
+    if "tokens" in stages:
+        tokens = variants[-1]["tokens_per_layer"]
+        assert tokens[0] == 65 and tokens[-1] < 65 and all(a >= b for a, b in zip(tokens, tokens[1:], strict=False))
+        assert variants[-1]["block_flops_per_image"] < fp32["block_flops_per_image"]
+        later = variants[stages.index("tokens") :]  # sparsity and quantization keep the token schedule's FLOPs
+        assert len({v["block_flops_per_image"] for v in later}) == 1
+    if "sparsity" in stages:  # 2:4 holds in every sparsified block Linear, in PyTorch and in the ONNX weights
+        per_block = {("blocks.*",): 4, ("blocks.*.mlp.fc2",): 1}[
+            tuple(report["recipe"]["stages"]["sparsity"]["include"])
+        ]
+        layers = per_block * TINY_DEPTH
+        for variant in variants[stages.index("sparsity") :]:
+            check = variant["sparsity"]
+            assert check["layers"] == layers
+            assert check["pattern_in_model"] == check["pattern_in_onnx"] == check["onnx_layers_found"] == layers
+        assert len(variants[stages.index("sparsity")]["sparsity"]["per_layer"]) == layers
+    if "quant" in stages:
+        cfg = report["recipe"]["stages"]["quant"]["config"]
+        sites = variants[-1]["quantization"]["sites"]
+        mixed = report["recipe"]["stages"]["quant"]["mixed_precision"]
+        weight_bits = {s["bits"] for s in sites.values() if s["kind"] == "weight"}
+        if mixed is None:
+            assert weight_bits == {cfg["weight"]["bits"]}
+        else:  # the plan's bits, among the candidates, recorded per layer in the report
+            assert weight_bits <= set(mixed["weight_bits"])
+            plan = variants[-1]["mixed_precision"]
+            assert {f"{name}.weight": lb["weight"] for name, lb in plan["layers"].items()} == {
+                name: s["bits"] for name, s in sites.items() if s["kind"] == "weight"
+            }
+            assert plan["sensitivity"] and plan["costs"]["avg_weight_bits"] <= mixed["budget"]["avg_weight_bits"]
+        assert {s["quantizer"] for s in sites.values() if s["kind"] == "post_softmax"} == {
+            cfg["post_softmax"]["quantizer"]
+        }
+    assert report["validation_failures"] == []
+    assert all(v["onnx"]["validation"]["passed"] for v in report["variants"])
+    files = [f"model_{v['name']}.onnx" for v in report["variants"]]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(f["path"] for f in manifest["files"]) == sorted(files) and list(manifest["variants"]) == [
+        v["name"] for v in report["variants"]
+    ]
+    files += ["manifest.json", "report.html", "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(files)
     assert json.loads((out / "report.json").read_text()) == report
 
 
 @pytest.mark.parametrize("name", list_recipes())
 def test_builtin_recipes_end_to_end(tmp_path: Path, image_folder: Path, name: str) -> None:
     out = tmp_path / "out"
-    args = ["compress", *tiny(), "--recipe", name, "--data", str(image_folder), *FAST, "--out", str(out)]
+    args = ["compress", *tiny(), "--recipe", name, "--data", str(image_folder), "--calib", str(image_folder)]
+    args += [*FAST, "--out", str(out)]
     if not fits_tiny(name):  # its layers lie beyond the tiny depth: a clear error, nothing written
         assert_user_error(run(*args), f"out of range for a model of depth {TINY_DEPTH}")
         assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
@@ -60,8 +105,12 @@ def test_builtin_recipes_end_to_end(tmp_path: Path, image_folder: Path, name: st
     report = json.loads((tmp_path / "r.json").read_text())
     check_report(report, out)
     assert report["recipe"]["name"] == name and report["recipe"]["stages"] == load_recipe(name).to_dict()["stages"]
-    assert "| tokens | pytorch |" in result.output and "tokens per block 65 → " in result.output
-    if report["recipe"]["stages"]["tokens"].get("schedule") == "constant":  # r >= 1 in every block
+    stages = report["recipe"]["stages"]
+    for stage in stages:
+        assert f"| {stage} | pytorch |" in result.output
+    if "tokens" in stages:
+        assert "tokens per block 65 → " in result.output
+    if stages.get("tokens", {}).get("schedule") == "constant":  # r >= 1 in every block
         tokens = report["variants"][-1]["tokens_per_layer"]
         assert all(a > b for a, b in zip(tokens, tokens[1:], strict=False))
 
@@ -78,12 +127,49 @@ def test_evit_recipe_file_end_to_end(tmp_path: Path, image_folder: Path) -> None
     assert report["variants"][-1]["description"] == "EViT keep 0.5 at layers 0,1"
 
 
+def test_failed_validation_keeps_reports_and_renames_models(tmp_path: Path, image_folder: Path) -> None:
+    recipe = tmp_path / "strict.yaml"
+    recipe.write_text("stages:\n  quant: {preset: w8a8, images: 8}\n  validate: {max_abs_diff: 1.0e-12}\n")
+    out = tmp_path / "out"
+    args = ["compress", *tiny(), "--recipe", str(recipe), "--data", str(image_folder), "--calib", str(image_folder)]
+    result = run(*args, *FAST, "--out", str(out))
+    assert result.exit_code == 4, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["validation_failures"]) == 2 and "failed validation against PyTorch" in result.stderr
+    assert sorted(p.name for p in out.glob("*.onnx")) == ["model_fp32.failed.onnx", "model_quant.failed.onnx"]
+    for variant in report["variants"]:
+        assert variant["onnx"]["validation"]["passed"] is False
+        assert variant["onnx"]["validation"]["reasons"][0].startswith("max abs diff")
+
+
+def test_tensorrt_export_without_tensorrt_writes_trtexec_script(tmp_path: Path, image_folder: Path) -> None:
+    recipe = tmp_path / "trt.yaml"
+    recipe.write_text("stages:\n  tokens: {r: 4}\n  export: {tensorrt: true}\n")
+    out = tmp_path / "out"
+    result = run("compress", *tiny(), "--recipe", str(recipe), "--data", str(image_folder), *FAST, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    trt = report["tensorrt"]
+    assert trt["engine"] is None and trt["variant"] == "tokens" and trt["int8"] is False
+    script = (out / trt["trtexec_script"]).read_text()
+    assert "trtexec --onnx=" in script and "model_tokens.onnx" in script and "--fp16" in script
+    assert any("No TensorRT engine" in note for note in report["notes"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert trt["trtexec_script"] in {f["path"] for f in manifest["files"]}
+
+
 @pytest.mark.parametrize(
     ("recipe_yaml", "message"),
     [
         ("stages: {tokns: {r: 8}}", "unknown key 'tokns' in recipe"),
         ("stages: {tokens: {r: [a]}}", "r must be an integer or a list of integers"),
-        ("stages: {quant: {bits: 8}}", "is not available yet in this version"),
+        ("stages: {quant: {bits: 8}}", "unknown key 'bits'"),
+        ("stages: {quant: {preset: w4a4-adalogg}}", "did you mean 'w4a4-adalog'"),
+        ("stages: {quant: {mixed_precision: {budget: {avg_weight_bit: 4}}}}", "did you mean 'avg_weight_bits'"),
+        ("stages: {quant: {mixed_precision: {budget: {avg_weight_bits: 4}, max_drop: 1}}}", "exactly one of"),
+        ("stages: {validate: {min_agreement: 2}}", "min_agreement must be a fraction in [0, 1]"),
+        ("stages: {export: {tensorrt: maybe}}", "tensorrt must be true or false"),
+        ("stages: {export: {trt: true}}", "did you mean 'tensorrt'"),
     ],
 )
 def test_recipe_errors_are_one_line(tmp_path: Path, recipe_yaml: str, message: str) -> None:
@@ -123,3 +209,16 @@ def test_info_recipe_shows_reduced_flops(tmp_path: Path, name: str) -> None:
     assert 0 < reduction["block_flops"] < reduction["unreduced_block_flops"]
     assert reduction["flops_ratio"] == pytest.approx(reduction["block_flops"] / reduction["unreduced_block_flops"])
     assert "reduced vs" in result.output and " -> ".join(map(str, reduction["tokens_per_layer"])) in result.output
+
+
+def test_info_recipe_lists_quantizer_sites(tmp_path: Path) -> None:
+    recipe = tmp_path / "q.yaml"
+    recipe.write_text("stages:\n  quant: {preset: w4a4-adalog, config: {overrides: {'head.*': null}}}\n")
+    result = run("info", *tiny(), "--recipe", str(recipe), "--json", str(tmp_path / "i.json"))
+    assert result.exit_code == 0, result.output
+    quant = json.loads((tmp_path / "i.json").read_text())["quantization"]
+    # per block: qkv, proj, fc1, fc2 weights and inputs, q, k, softmax, v; patch embed weight; head weight, input
+    assert quant["sites"] == 12 * TINY_DEPTH + 3
+    assert quant["by_kind"]["post_softmax: adalog 4-bit"] == TINY_DEPTH
+    assert quant["by_kind"]["weight: float"] == 1 and quant["by_kind"]["weight: uniform 4-bit"] == 4 * TINY_DEPTH + 1
+    assert "quant_sites: " in result.output and "x post_gelu: adalog 4-bit" in result.output

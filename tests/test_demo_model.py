@@ -66,38 +66,36 @@ def test_demo_model_classifies_fashion_mnist(fashion_images: torch.Tensor) -> No
 
 
 def test_demo_command_end_to_end(tmp_path: Path) -> None:
+    """`vitslim demo` (small sample, few timed runs): fp32, then the full recipe's cumulative
+    stages, every one exported, validated and timed, with the HTML figures."""
     out = tmp_path / "run"
-    result = CliRunner().invoke(
-        cli,
-        [
-            "--quiet",
-            "demo",
-            "--limit",
-            "200",
-            "--warmup",
-            "1",
-            "--runs",
-            "3",
-            "--out",
-            str(out),
-            "--json",
-            str(tmp_path / "demo.json"),
-        ],
-    )
+    args = ["--quiet", "demo", "--limit", "64", "--warmup", "0", "--runs", "3", "--batch-sizes", "1,2"]
+    result = CliRunner().invoke(cli, [*args, "--out", str(out), "--json", str(tmp_path / "demo.json")])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.json", "run"]  # no staging folder left
-    assert sorted(p.name for p in out.iterdir()) == ["model_fp32.onnx", "report.json", "report.md"]
+    names = ["fp32", "tokens", "sparsity", "quant"]
+    files = [f"model_{name}.onnx" for name in names] + ["manifest.json", "report.html", "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(files)
     report = json.loads((out / "report.json").read_text())
     assert report == json.loads((tmp_path / "demo.json").read_text())
-    assert report["data"] == {"name": "fashion-mnist:test", "samples": 200, "labelled": True, "skipped_unreadable": 0}
-    fp32 = report["variants"][0]
-    assert fp32["name"] == "fp32" and fp32["top1"] >= 0.8 and fp32["top5"] >= fp32["top1"]
-    assert fp32["onnx"]["top1_agreement"] >= 0.99 and fp32["onnx"]["max_abs_diff"] < 1e-3
-    assert fp32["size_bytes"] == (out / "model_fp32.onnx").stat().st_size
-    assert {(lat["runtime"], lat["batch"]) for lat in fp32["latency"]} == {
-        ("pytorch", 1),
-        ("pytorch", 16),
-        ("onnxruntime", 1),
-        ("onnxruntime", 16),
-    }
-    assert "fp32" in (out / "report.md").read_text() and "onnxruntime" in result.output
+    assert report["recipe"]["name"] == "full" and [v["name"] for v in report["variants"]] == names
+    assert report["data"] == {"name": "fashion-mnist:test", "samples": 64, "labelled": True, "skipped_unreadable": 0}
+    fp32, tokens, sparsity, quant = report["variants"]
+    assert fp32["top1"] >= 0.75 and fp32["top5"] >= fp32["top1"]
+    assert fp32["onnx"]["max_abs_diff"] < 1e-3 and fp32["size_bytes"] == (out / "model_fp32.onnx").stat().st_size
+    for variant in report["variants"]:
+        assert variant["onnx"]["validation"]["passed"]
+        assert {(lat["runtime"], lat["batch"]) for lat in variant["latency"]} == {
+            (runtime, batch) for runtime in ("pytorch", "onnxruntime") for batch in (1, 2)
+        }
+    assert quant["onnx"]["format"] == "qdq" and quant["size_bytes"] < 0.3 * fp32["size_bytes"]
+    assert tokens["tokens_per_layer"] == [257 - 16 * i for i in range(13)] and tokens["quantization"] is None
+    assert quant["block_flops_per_image"] == tokens["block_flops_per_image"] < 0.61 * fp32["block_flops_per_image"]
+    for variant in (sparsity, quant):  # 2:4 on the 12 fc2 layers, in PyTorch and in the ONNX weights
+        check = variant["sparsity"]
+        assert check["layers"] == check["pattern_in_model"] == check["pattern_in_onnx"] == 12
+    plan = quant["mixed_precision"]
+    assert plan["costs"]["avg_weight_bits"] <= 6.0 and len({lb["weight"] for lb in plan["layers"].values()}) > 1
+    html = (out / "report.html").read_text()
+    assert html.count("<img ") == 4  # accuracy vs latency, tokens, bits per layer, sensitivity
+    assert "## Quantization" in (out / "report.md").read_text() and "onnxruntime" in result.output

@@ -97,9 +97,10 @@ def test_markdown_shows_tokens_and_flops_when_every_variant_has_them() -> None:
 
 
 def test_write_report(tmp_path: Path) -> None:
-    json_path, md_path = write_report(tmp_path, sample_report())
+    json_path, md_path, html_path = write_report(tmp_path, sample_report())
     assert json.loads(json_path.read_text())["variants"][0]["name"] == "fp32"
     assert md_path.read_text().startswith("# vitslim report: demo")
+    assert html_path.read_text().startswith("<!DOCTYPE html>")
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path) -> None:

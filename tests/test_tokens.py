@@ -368,6 +368,16 @@ def test_configs_from_dicts_and_bad_configs():
         apply_token_reduction(make("vit", depth=2), TokenMergeConfig(schedule=[1, 2, 3]))
 
 
+def test_flops_estimate_counts_quantized_linears():
+    from vitslim.compress.quant import QuantConfig, quantize_
+
+    model = make("vit", depth=2)
+    apply_token_reduction(model, TokenMergeConfig(r=4))
+    before = estimate_flops(model)
+    quantize_(model, QuantConfig.uniform(8, 8), [torch.randn(4, 3, IMG, IMG)], progress=False)
+    assert estimate_flops(model) == before
+
+
 def test_flops_estimate():
     model = make("vit", depth=4)
     base = estimate_flops(model)

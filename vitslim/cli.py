@@ -15,13 +15,18 @@ import yaml
 
 from vitslim import __version__
 from vitslim.errors import UserError
-from vitslim.files import atomic_write_json, ensure_parent_dir, staged_output_dir
+from vitslim.files import atomic_write_json, ensure_parent_dir
 from vitslim.models import LoadedModel, load_model
 
 if TYPE_CHECKING:
     from vitslim.recipes import Recipe
 
 DEFAULT_BATCH_SIZES = "1,16"
+#: exit code of `compress` when an exported variant failed validation (reports are still written)
+VALIDATION_FAILED = 4
+#: what `vitslim demo` runs, on how many test images (about ten minutes on two cores)
+DEMO_RECIPE = "full"
+DEMO_LIMIT = 200
 
 
 class UserFacingError(click.ClickException):
@@ -106,18 +111,22 @@ batch_sizes_option = click.option(
 )
 
 
-def timing_options(command: Callable) -> Callable:
-    """--warmup and --runs for latency measurements."""
-    command = click.option(
-        "--runs",
-        type=click.IntRange(min=1),
-        default=30,
-        show_default=True,
-        help="Timed runs per setting (fewer if 20 s pass first, but at least 5).",
-    )(command)
-    return click.option(
-        "--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed runs per setting."
-    )(command)
+def timing_options(runs: int = 30, warmup: int = 3) -> Callable[[Callable], Callable]:
+    """--warmup and --runs for latency measurements, with these defaults."""
+
+    def decorate(command: Callable) -> Callable:
+        command = click.option(
+            "--runs",
+            type=click.IntRange(min=1),
+            default=runs,
+            show_default=True,
+            help="Timed runs per setting (fewer if 20 s pass first, but at least 5).",
+        )(command)
+        return click.option(
+            "--warmup", type=click.IntRange(min=0), default=warmup, show_default=True, help="Untimed runs per setting."
+        )(command)
+
+    return decorate
 
 
 def json_option(command: Callable) -> Callable:
@@ -162,16 +171,21 @@ def recipe_option(required: bool, help_text: str) -> Callable:
 
 @cli.command()
 @model_options
-@recipe_option(required=False, help_text="Also show tokens per layer and FLOPs under this recipe's token schedule.")
+@recipe_option(
+    required=False,
+    help_text="Also show tokens per layer and FLOPs under this recipe's token schedule, and its quantizer sites.",
+)
 @json_option
 def info(loaded: LoadedModel, recipe: Recipe | None, json_path: Path | None) -> None:
     """Parameters, FLOPs, tokens and layers of a model."""
-    from vitslim.inspect import model_info
+    from vitslim.inspect import model_info, quantization_plan
 
     tokens = recipe.stages.get("tokens") if recipe is not None else None
     result = model_info(loaded, tokens)
+    if recipe is not None and "quant" in recipe.stages:
+        result["quantization"] = quantization_plan(loaded.model, recipe.stages["quant"].config)
     for key, value in result.items():
-        if key not in ("tokens_per_layer", "token_reduction"):
+        if key not in ("tokens_per_layer", "token_reduction", "quantization"):
             click.echo(f"{key:>16}: {value}")
     if recipe is not None:
         result["recipe"] = recipe.to_dict()
@@ -183,6 +197,11 @@ def info(loaded: LoadedModel, recipe: Recipe | None, json_path: Path | None) -> 
             f"{'block_flops':>16}: {reduction['block_flops']:,} reduced vs {reduction['unreduced_block_flops']:,} "
             f"unreduced ({reduction['flops_ratio']:.3f}x; attention + MLP of the blocks)"
         )
+    quant = result.get("quantization")
+    if quant is not None:
+        click.echo(f"{'quant_sites':>16}: {quant['sites']}")
+        for kind, count in quant["by_kind"].items():
+            click.echo(f"{'':>16}  {count:>3} x {kind}")
     _emit(result, json_path)
 
 
@@ -257,7 +276,7 @@ def _fmt(value: Any) -> str:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="ONNX file to time (default: export the model to a temporary file).",
 )
-@timing_options
+@timing_options()
 @json_option
 def bench(
     loaded: LoadedModel,
@@ -306,12 +325,34 @@ def bench(
     show_default=True,
     help="Random inputs for the ONNX Runtime parity check.",
 )
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["onnx", "tensorrt"]),
+    default="onnx",
+    show_default=True,
+    help="tensorrt: also build <out>.engine (needs tensorrt and a GPU; otherwise writes <out>.trtexec.sh, exit 3).",
+)
+@click.option("--fp16", is_flag=True, help="TensorRT: allow FP16 kernels.")
+@click.option("--int8", is_flag=True, help="TensorRT: allow INT8 kernels.")
+@batch_sizes_option
 @json_option
-def export(loaded: LoadedModel, out_path: Path, opset: int, check_samples: int, json_path: Path | None) -> None:
-    """Export the FP32 model to ONNX and check it against PyTorch in ONNX Runtime."""
+def export(
+    loaded: LoadedModel,
+    out_path: Path,
+    opset: int,
+    check_samples: int,
+    fmt: str,
+    fp16: bool,
+    int8: bool,
+    batch_sizes: list[int],
+    json_path: Path | None,
+) -> None:
+    """Export the FP32 model to ONNX and check it against PyTorch in ONNX Runtime (optionally a TensorRT engine)."""
     import torch
 
     from vitslim.export.onnx_export import check_parity, export_onnx
+    from vitslim.export.tensorrt import TensorRTUnavailable, build_tensorrt_engine
 
     if out_path.suffix != ".onnx":
         raise UserError(f"--out must end in .onnx, got {out_path}")
@@ -333,6 +374,19 @@ def export(loaded: LoadedModel, out_path: Path, opset: int, check_samples: int, 
         f"{parity.samples} random inputs: max abs diff {parity.max_abs_diff:.2e}, "
         f"top-1 agreement {parity.top1_agreement:.2%}"
     )
+    if fmt == "tensorrt":
+        try:
+            engine = build_tensorrt_engine(
+                path, path.with_suffix(".engine"), fp16=fp16, int8=int8, batch_sizes=batch_sizes
+            )
+        except TensorRTUnavailable as exc:
+            result["tensorrt"] = {"engine": None, "trtexec_script": str(exc.script), "reason": str(exc)}
+            _emit(result, json_path)
+            error = click.ClickException(str(exc))
+            error.exit_code = exc.exit_code
+            raise error from None
+        result["tensorrt"] = {"engine": str(engine), "size_bytes": engine.stat().st_size}
+        click.echo(f"wrote TensorRT engine {engine}")
     _emit(result, json_path)
 
 
@@ -343,19 +397,19 @@ def export(loaded: LoadedModel, out_path: Path, opset: int, check_samples: int, 
     default="vitslim-demo",
     show_default=True,
     type=click.Path(path_type=Path),
-    help="Folder for report.json, report.md and the ONNX model.",
+    help="Folder for report.json, report.md, report.html, manifest.json and one ONNX model per variant.",
 )
 @click.option(
     "--limit",
     type=click.IntRange(min=1),
-    default=1000,
+    default=DEMO_LIMIT,
     show_default=True,
     help="Fashion-MNIST test images to evaluate (seeded sample; 10000 for all).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @threads_option
 @batch_sizes_option
-@timing_options
+@timing_options(runs=10, warmup=1)
 @click.option("--overwrite", is_flag=True, help="Replace an existing, non-empty --out folder.")
 @json_option
 def demo(
@@ -369,20 +423,26 @@ def demo(
     overwrite: bool,
     json_path: Path | None,
 ) -> None:
-    """Measure the embedded demo model: accuracy, ONNX export parity, PyTorch vs ONNX Runtime latency."""
-    from vitslim.measure import MeasureSettings, fp32_report, load_eval_data
-    from vitslim.report import write_report
-    from vitslim.report.markdown import render_markdown
+    """The whole pipeline on the embedded demo model: fp32, then each cumulative stage of the
+    `full` recipe (ToMe, 2:4, mixed-precision PTQ), exported, validated and measured."""
+    from vitslim.pipeline import compress as run_compress
+    from vitslim.recipes import load_recipe
 
-    with staged_output_dir(out_dir, overwrite=overwrite) as staging:
-        loaded = load_model("demo")
-        data = load_eval_data(loaded, None, limit, seed, batch_size=32)
-        settings = MeasureSettings(data, staging, threads, batch_sizes, _progress(), warmup, runs)
-        report = fp32_report(loaded, settings, command=_command_line())
-        write_report(staging, report)
-    click.echo(render_markdown(report))
-    click.echo(f"wrote {out_dir / 'report.json'}, {out_dir / 'report.md'} and {out_dir / 'model_fp32.onnx'}")
-    _emit(report, json_path)
+    report = run_compress(
+        load_model("demo"),
+        load_recipe(DEMO_RECIPE),
+        out_dir,
+        limit=limit,
+        seed=seed,
+        threads=threads,
+        batch_sizes=batch_sizes,
+        warmup=warmup,
+        runs=runs,
+        overwrite=overwrite,
+        progress=_progress(),
+        command=_command_line(),
+    )
+    _finish_compress(report, out_dir, json_path)
 
 
 @cli.command()
@@ -392,14 +452,19 @@ def demo(
     help_text="Built-in recipe name (an unknown name lists them; see recipes/README.md) or a recipe .yaml file.",
 )
 @data_options
+@click.option(
+    "--calib",
+    help="Calibration images for stages that need them (sparsity, quant): an image folder (labels unused) or "
+    "fashion-mnist[:train|:test]; default: the demo model's Fashion-MNIST train split.",
+)
 @batch_sizes_option
-@timing_options
+@timing_options()
 @click.option(
     "--out",
     "out_dir",
     required=True,
     type=click.Path(path_type=Path),
-    help="Folder for report.json, report.md and one ONNX model per variant.",
+    help="Folder for report.json, report.md, report.html, manifest.json and one ONNX model per variant.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing, non-empty --out folder.")
 @json_option
@@ -407,6 +472,7 @@ def compress(
     loaded: LoadedModel,
     recipe: Recipe,
     data: str | None,
+    calib: str | None,
     limit: int | None,
     seed: int,
     batch_size: int,
@@ -420,13 +486,13 @@ def compress(
 ) -> None:
     """Apply a recipe's stages and measure fp32 and each cumulative stage (accuracy, fidelity, ONNX, latency)."""
     from vitslim.pipeline import compress as run_compress
-    from vitslim.report.markdown import render_markdown
 
     report = run_compress(
         loaded,
         recipe,
         out_dir,
         data=data,
+        calib=calib,
         limit=limit,
         seed=seed,
         eval_batch_size=batch_size,
@@ -438,10 +504,55 @@ def compress(
         progress=_progress(),
         command=_command_line(),
     )
+    _finish_compress(report, out_dir, json_path)
+
+
+def _finish_compress(report: dict, out_dir: Path, json_path: Path | None) -> None:
+    """Print the report and what was written; exit 4 when an export failed validation."""
+    from vitslim.report.markdown import render_markdown
+
     click.echo(render_markdown(report))
-    onnx_files = ", ".join(f"model_{v['name']}.onnx" for v in report["variants"])
-    click.echo(f"wrote {out_dir / 'report.json'}, {out_dir / 'report.md'} and {onnx_files}")
+    onnx_files = ", ".join(v["onnx"]["file"] for v in report["variants"])
+    click.echo(f"wrote report.json, report.md, report.html, manifest.json and {onnx_files} into {out_dir}")
     _emit(report, json_path)
+    if report["validation_failures"]:
+        for failure in report["validation_failures"]:
+            click.echo(f"error: {failure}", err=True)
+        sys.exit(VALIDATION_FAILED)
+
+
+@cli.command()
+@click.argument("folders", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With several folders: also write the comparison here (.md, or .html for a web page).",
+)
+def report(folders: tuple[Path, ...], out_path: Path | None) -> None:
+    """Regenerate report.md and report.html of a run folder from its report.json; with several
+    folders, print a table comparing their variants."""
+    from vitslim.files import atomic_write_text
+    from vitslim.report import write_report
+    from vitslim.report.compare import read_report, render_comparison
+
+    reports = [(str(folder), read_report(folder)) for folder in folders]
+    if len(reports) == 1:
+        if out_path is not None:
+            raise UserError("--out is for comparing several folders; one folder's reports are rewritten in place")
+        write_report(folders[0], reports[0][1])
+        click.echo(f"rewrote report.md and report.html in {folders[0]}")
+        return
+    text = render_comparison(reports)
+    click.echo(text)
+    if out_path is not None:
+        if out_path.suffix == ".html":
+            import markdown
+
+            body = markdown.markdown(text, extensions=["tables"])
+            text = f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"></head><body>{body}</body></html>\n'
+        atomic_write_text(out_path, text)
+        click.echo(f"wrote {out_path}")
 
 
 def main() -> None:

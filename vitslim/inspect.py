@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from vitslim.compress.quant import QuantConfig, find_sites
 from vitslim.compress.tokens import TokenConfigError, TokenReductionConfig, estimate_flops
 from vitslim.models import LoadedModel
 
@@ -29,6 +32,18 @@ def token_reduction_info(model: torch.nn.Module, cfg: TokenReductionConfig) -> d
         "unreduced_block_flops": flops["unreduced_flops"],
         "flops_ratio": flops["ratio"],
     }
+
+
+def quantization_plan(model: torch.nn.Module, cfg: QuantConfig) -> dict:
+    """How many quantizer sites of each kind ``cfg`` gives which quantizer and bits (or keeps float)."""
+    sites = find_sites(model)
+    specs = cfg.resolve(sites)
+    kinds = {site.name: site.kind for site in sites}
+    counts = Counter(
+        f"{kinds[name]}: float" if spec is None else f"{kinds[name]}: {spec.quantizer} {spec.bits}-bit"
+        for name, spec in specs.items()
+    )
+    return {"sites": len(specs), "by_kind": dict(sorted(counts.items()))}
 
 
 def model_info(loaded: LoadedModel, tokens: TokenReductionConfig | None = None) -> dict:

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 import vitslim
 from vitslim.calib import build_transform, load_dataset, make_loader
+from vitslim.compress.quant import is_quantized
 from vitslim.errors import UserError
 from vitslim.evaluate.accuracy import Outputs, collect_outputs, fidelity, ort_runner, topk_accuracy, torch_runner
 from vitslim.evaluate.environment import environment
@@ -22,7 +23,9 @@ from vitslim.evaluate.latency import (
     resolve_threads,
     torch_threads,
 )
+from vitslim.export.manifest import precision_table
 from vitslim.export.onnx_export import DEFAULT_OPSET, export_onnx
+from vitslim.export.qdq import QDQ_OPSET, export_quantized_onnx
 from vitslim.models import LoadedModel
 
 
@@ -80,6 +83,32 @@ def evaluate_onnx(path: str | Path, data: EvalData, threads: int, progress: bool
     return collect_outputs(runner, data.batches, desc="evaluate onnxruntime", progress=progress)
 
 
+#: Relative input perturbation of the noise-floor check: float32 rounding level, a few ulps.
+NOISE_FLOOR_INPUT = 1e-6
+
+
+def noise_floor(
+    model: torch.nn.Module, data: EvalData, outputs: Outputs, threads: int, progress: bool = True, seed: int = 0
+) -> dict:
+    """How well ``model`` agrees with its own ``outputs`` when every input is scaled by
+    ``1 + NOISE_FLOOR_INPUT * N(0, 1)``: no faithful reimplementation (ONNX Runtime's different
+    float rounding) can be expected to agree better with a model that amplifies such noise."""
+    gen = torch.Generator().manual_seed(seed)
+    run = torch_runner(model)
+
+    def perturbed(images: torch.Tensor) -> torch.Tensor:
+        return run(images * (1 + NOISE_FLOOR_INPUT * torch.randn(images.shape, generator=gen)))
+
+    with torch_threads(resolve_threads(threads)):
+        noisy = collect_outputs(perturbed, data.batches, desc="noise floor", progress=progress)
+    fid = fidelity(outputs.logits, noisy.logits, classifier=True)
+    return {
+        "relative_input_noise": NOISE_FLOOR_INPUT,
+        "agreement": fid.agreement,
+        "max_abs_diff": float((outputs.logits - noisy.logits).abs().max()),
+    }
+
+
 def onnx_parity(reference: Outputs, onnx_outputs: Outputs, path: Path, opset: int, classifier: bool) -> dict:
     """How the exported model's outputs on real data compare with PyTorch's."""
     fid = fidelity(reference.logits, onnx_outputs.logits, classifier=classifier)
@@ -102,6 +131,23 @@ def model_summary(loaded: LoadedModel) -> dict:
         "input_size": list(loaded.input_size),
         "num_classes": loaded.num_classes,
     }
+
+
+def export_variant(model: torch.nn.Module, path: Path, input_size: tuple[int, int, int]) -> tuple[Path, int, dict]:
+    """Export ``model`` to ``path``: explicit Q/DQ when it is quantized, plain FP32 otherwise.
+    Returns the path, the opset and what the quantized export says about its sites."""
+    if not is_quantized(model):
+        return export_onnx(model, path, input_size, opset=DEFAULT_OPSET), DEFAULT_OPSET, {"format": "fp32"}
+    export = export_quantized_onnx(model, path, input_size, opset=QDQ_OPSET)
+    info = {
+        "format": "qdq",
+        "accelerated_sites": len(export.accelerated),
+        "emulated_sites": len(export.emulated),
+        "tensorrt_int8_ready": export.tensorrt_int8_ready,
+        "notes": export.notes,
+        "precision": precision_table(export),
+    }
+    return export.path, export.opset, info
 
 
 @dataclass
@@ -141,7 +187,7 @@ def measure_variant(
     data, threads, progress = settings.data, settings.threads, settings.progress
     timing = {"warmup": settings.warmup, "runs": settings.runs}
     outputs = evaluate_torch(model, data, threads, progress)
-    onnx_path = export_onnx(model, settings.out_dir / f"model_{name}.onnx", loaded.input_size, opset=DEFAULT_OPSET)
+    onnx_path, opset, export_info = export_variant(model, settings.out_dir / f"model_{name}.onnx", loaded.input_size)
     onnx_outputs = evaluate_onnx(onnx_path, data, threads, progress)
     latency = bench_torch(model, loaded.input_size, settings.batch_sizes, threads, progress=progress, **timing)
     latency += bench_ort(str(onnx_path), loaded.input_size, settings.batch_sizes, threads, progress=progress, **timing)
@@ -151,7 +197,7 @@ def measure_variant(
         "evaluated_with": "pytorch",
         **score(outputs, reference, classifier),
         "size_bytes": onnx_path.stat().st_size,
-        "onnx": onnx_parity(outputs, onnx_outputs, onnx_path, DEFAULT_OPSET, classifier),
+        "onnx": {**onnx_parity(outputs, onnx_outputs, onnx_path, opset, classifier), **export_info},
         "latency": [entry.to_dict() for entry in latency],
     }
     return variant, outputs

@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vitslim.calib import build_transform, load_dataset, make_loader
+from vitslim.compress.mixed import BitPlan
+from vitslim.compress.quant import quant_points, quantization_info
+from vitslim.compress.quant.stage import QuantStage
+from vitslim.compress.sparsity import SparsityConfig, check_24, onnx_24_report, sparsify_
 from vitslim.compress.tokens import TokenMergeConfig, TokenPruneConfig, apply_token_reduction, estimate_flops
+from vitslim.errors import UserError
+from vitslim.evaluate.accuracy import Outputs
 from vitslim.evaluate.latency import DEFAULT_RUNS, DEFAULT_WARMUP
+from vitslim.export.manifest import write_manifest
+from vitslim.export.stages import ExportStage, ValidateStage
+from vitslim.export.tensorrt import TensorRTUnavailable, build_tensorrt_engine
+from vitslim.export.validate import failed_path
 from vitslim.files import staged_output_dir
-from vitslim.measure import MeasureSettings, load_eval_data, measure_variant, new_report
+from vitslim.measure import MeasureSettings, load_eval_data, measure_variant, new_report, noise_floor
 from vitslim.models import LoadedModel
 from vitslim.recipes import Recipe
 from vitslim.report import write_report
@@ -40,29 +52,132 @@ def describe_tokens(cfg: TokenMergeConfig | TokenPruneConfig) -> str:
     return text + ("" if cfg.proportional_attention else ", no proportional attention")
 
 
-def _apply_tokens(model: torch.nn.Module, cfg: TokenMergeConfig | TokenPruneConfig) -> str:
+@dataclass
+class StageContext:
+    """What stages need besides their config: calibration images (loaded on first use, from
+    ``calib`` or the model's default calibration data), the seed and whether to show progress."""
+
+    loaded: LoadedModel
+    calib: str | None = None
+    seed: int = 0
+    progress: bool = True
+    batch_size: int = 32
+    #: what a stage reports about itself (e.g. sparsity per layer), by stage name
+    records: dict[str, Any] = field(default_factory=dict)
+    _cache: dict[int, list[torch.Tensor]] = field(default_factory=dict, repr=False)
+
+    def calibration(self, images: int) -> list[torch.Tensor]:
+        """``images`` seeded, preprocessed calibration images as batches."""
+        if images not in self._cache:
+            spec = self.calib or self.loaded.default_calib
+            if spec is None:
+                raise UserError(f"--calib is required to calibrate model {self.loaded.name} (an image folder)")
+            dataset = load_dataset(spec, transform=build_transform(self.loaded.data_config))
+            loader = make_loader(dataset, batch_size=self.batch_size, limit=images, seed=self.seed)
+            self._cache[images] = [batch for batch, _ in loader]
+        return self._cache[images]
+
+
+def _apply_tokens(model: torch.nn.Module, cfg: TokenMergeConfig | TokenPruneConfig, ctx: StageContext) -> str:
     apply_token_reduction(model, cfg)
     return describe_tokens(cfg)
 
 
-#: stage name -> apply its config to a model in place, returning a description of what it did
-STAGE_APPLIERS: dict[str, Callable[[torch.nn.Module, Any], str]] = {"tokens": _apply_tokens}
+def _apply_sparsity(model: torch.nn.Module, cfg: SparsityConfig, ctx: StageContext) -> str:
+    data = ctx.calibration(cfg.samples) if cfg.needs_data else None
+    ctx.records["sparsity"] = record = sparsify_(model, cfg, data, progress=ctx.progress, seed=ctx.seed)
+    images = f", {record['images']} calibration images" if cfg.needs_data else ""
+    return f"2:4 {cfg.method} on {len(record['layers'])} layers{images}"
 
 
-def build_variants(model: torch.nn.Module, recipe: Recipe) -> list[tuple[str, str, torch.nn.Module]]:
+def _apply_quant(model: torch.nn.Module, stage: QuantStage, ctx: StageContext) -> str:
+    plan = stage.apply(model, ctx.calibration(stage.images), progress=ctx.progress, seed=ctx.seed)
+    if plan is not None:
+        ctx.records["mixed_precision"] = mixed_precision_summary(plan)
+    return stage.describe()
+
+
+def mixed_precision_summary(plan: BitPlan) -> dict[str, Any]:
+    """What a report says about a mixed-precision plan: the bits chosen, the cost reached, the
+    search's timings and the per-layer sensitivity it was based on."""
+    meta = plan.meta
+    sens = meta["sensitivity"]
+    summary = {
+        "config": meta["config"],
+        "layers": {name: lb.to_dict() for name, lb in plan.layers.items()},
+        "costs": meta["costs"],
+        "seconds": meta["seconds"],
+        "sensitivity": sens["weight"],
+        "metric": f"{sens['method']} of the model output vs fp32",
+        "calibration": f"{sens['images']} calibration images",
+        "sensitivity_cache": sens["cache"],
+    }
+    if "drop" in meta:
+        summary["drop"] = meta["drop"]
+    return summary
+
+
+#: model stages: name -> apply its config to a model in place, returning a description of what it did
+STAGE_APPLIERS: dict[str, Callable[[torch.nn.Module, Any, StageContext], str]] = {
+    "tokens": _apply_tokens,
+    "sparsity": _apply_sparsity,
+    "quant": _apply_quant,
+}
+
+
+def build_variants(model: torch.nn.Module, recipe: Recipe, ctx: StageContext) -> list[tuple[str, str, torch.nn.Module]]:
     """``(stage name, description, model)`` for each cumulative stage of ``recipe``; ``model``
     itself is left untouched (each stage works on a copy of the previous stage's model)."""
     variants = []
     for stage, cfg in recipe.stages.items():
+        if stage not in STAGE_APPLIERS:  # export / validate act on the exported files
+            continue
         model = copy.deepcopy(model)
-        variants.append((stage, STAGE_APPLIERS[stage](model, cfg), model))
+        variants.append((stage, STAGE_APPLIERS[stage](model, cfg, ctx), model))
     return variants
+
+
+def quant_summary(model: torch.nn.Module) -> dict[str, Any] | None:
+    """How a variant was quantized (config and calibration settings), None when it was not."""
+    info = quantization_info(model)
+    if info is None:
+        return None
+    summary = {k: info[k] for k in ("config", "search", "objective", "sequential", "seed", "images")}
+    summary["sites"] = {
+        name: {"kind": p.kind, "quantizer": p.quantizer.name, "bits": p.quantizer.bits}
+        for name, p in quant_points(model).items()
+    }
+    return summary
 
 
 def token_stats(model: torch.nn.Module) -> dict[str, Any]:
     """Tokens per layer and block FLOPs of ``model`` as it is now (reduced or not)."""
     flops = estimate_flops(model)
     return {"tokens_per_layer": flops["tokens_per_layer"], "block_flops_per_image": flops["total_flops"]}
+
+
+def pattern_check(model: torch.nn.Module, onnx_path: Path, cfg: SparsityConfig, record: dict) -> dict[str, Any]:
+    """Whether the sparsified layers still hold 2:4 in ``model`` and in its exported ONNX weights."""
+    layers = list(record["layers"])
+    in_model = check_24(model, layers)
+    exported = onnx_24_report(onnx_path)["weights"]
+    in_onnx = {name: exported[name]["pattern_24"] for name in layers if name in exported}
+    return {
+        "method": cfg.method,
+        "layers": len(layers),
+        "pattern_in_model": sum(in_model.values()),
+        "pattern_in_onnx": sum(in_onnx.values()),
+        "onnx_layers_found": len(in_onnx),
+    }
+
+
+def _sparsity_note(variant: dict) -> str:
+    check = variant["sparsity"]
+    return (
+        f"{variant['name']}: 2:4 pattern ({check['method']}) holds in {check['pattern_in_model']} of "
+        f"{check['layers']} sparsified layers in PyTorch and in {check['pattern_in_onnx']} of "
+        f"{check['onnx_layers_found']} found in {variant['onnx']['file']}."
+    )
 
 
 def _token_note(variant: dict, fp32: dict) -> str:
@@ -74,22 +189,102 @@ def _token_note(variant: dict, fp32: dict) -> str:
     )
 
 
-def run_recipe(loaded: LoadedModel, recipe: Recipe, settings: MeasureSettings, command: str = "") -> dict:
+def validate_export(
+    variant: dict, model: torch.nn.Module, outputs: Outputs, settings: MeasureSettings, stage: ValidateStage
+) -> str | None:
+    """Judge a variant's ONNX parity by ``stage`` (measuring the PyTorch noise floor when it is
+    needed); a failing file is renamed ``<name>.failed.onnx`` (the variant's ``onnx.file``
+    follows). Returns why it failed, None when it passed."""
+    onnx = variant["onnx"]
+    floor = None
+    if stage.needs_noise_floor(onnx):
+        floor = noise_floor(model, settings.data, outputs, settings.threads, settings.progress)
+    reasons = stage.failures(onnx, None if floor is None else floor["agreement"])
+    onnx["validation"] = {**stage.to_dict(), "passed": not reasons, "reasons": reasons, "noise_floor_measured": floor}
+    if not reasons:
+        return None
+    path = settings.out_dir / onnx["file"]
+    target = failed_path(path)
+    path.replace(target)
+    onnx["file"] = target.name
+    return f"{variant['name']}: {target.name} failed validation against PyTorch ({'; '.join(reasons)})"
+
+
+def build_engine(variant: dict, out_dir: Path, stage: ExportStage, sparse: bool, batch_sizes: Sequence[int]) -> dict:
+    """A TensorRT engine of ``variant``'s ONNX file (INT8 when quantized, sparse weights after 2:4),
+    or, without TensorRT and a GPU, the ``trtexec`` script that builds it and why."""
+    onnx_path = out_dir / variant["onnx"]["file"]
+    engine = onnx_path.with_suffix(".engine")
+    flags = {
+        "fp16": stage.fp16,
+        "int8": variant.get("quantization") is not None,
+        "sparse_weights": sparse,
+        "batch_sizes": batch_sizes,
+    }
+    try:
+        build_tensorrt_engine(onnx_path, engine, **flags)
+    except TensorRTUnavailable as exc:
+        script = exc.script.name
+        return {"variant": variant["name"], "engine": None, "trtexec_script": script, "reason": str(exc), **flags}
+    return {"variant": variant["name"], "engine": engine.name, "size_bytes": engine.stat().st_size, **flags}
+
+
+def run_recipe(
+    loaded: LoadedModel,
+    recipe: Recipe,
+    settings: MeasureSettings,
+    ctx: StageContext,
+    command: str = "",
+) -> dict:
     """Measure ``fp32`` and then one variant per cumulative stage of ``recipe`` (fidelity against
-    fp32); return the report dict. The stages are applied before anything is measured, so a
-    recipe that does not fit the model fails fast."""
-    stages = build_variants(loaded.model, recipe)
+    fp32), validating every export; return the report dict. The stages are applied before
+    anything is measured, so a recipe that does not fit the model fails fast."""
+    stages = build_variants(loaded.model, recipe, ctx)
+    validate = recipe.stages.get("validate", ValidateStage())
+    failures: list[str] = []
     fp32, reference = measure_variant("fp32", "uncompressed model", loaded.model, loaded, settings)
-    fp32.update(token_stats(loaded.model))
-    variants = [fp32]
+    fp32.update(token_stats(loaded.model), quantization=None)
+    failures.append(validate_export(fp32, loaded.model, reference, settings, validate))
+    variants, sparse = [fp32], False
     for name, description, model in stages:
-        variant, _ = measure_variant(name, description, model, loaded, settings, reference=reference)
+        variant, outputs = measure_variant(name, description, model, loaded, settings, reference=reference)
         variant.update(token_stats(model))
+        variant["quantization"] = quant_summary(model)
+        if name == "quant" and "mixed_precision" in ctx.records:
+            variant["mixed_precision"] = ctx.records["mixed_precision"]
+        sparse = sparse or name == "sparsity"
+        if sparse:  # this stage or an earlier one sparsified the weights: does 2:4 still hold?
+            onnx_path = settings.out_dir / variant["onnx"]["file"]
+            variant["sparsity"] = pattern_check(model, onnx_path, recipe.stages["sparsity"], ctx.records["sparsity"])
+            if name == "sparsity":
+                variant["sparsity"]["per_layer"] = ctx.records["sparsity"]["layers"]
+        failures.append(validate_export(variant, model, outputs, settings, validate))
         variants.append(variant)
+    failures = [f for f in failures if f]
     report = new_report(loaded, settings, variants, command)
     report["recipe"] = recipe.to_dict()
-    report["notes"] = [FLOPS_NOTE] + [_token_note(v, fp32) for v in variants[1:]]
+    reduced = [v for v in variants[1:] if v["tokens_per_layer"] != fp32["tokens_per_layer"]]
+    report["notes"] = [FLOPS_NOTE] + [_token_note(v, fp32) for v in reduced]
+    report["notes"] += [_sparsity_note(v) for v in variants if v.get("sparsity")]
+    report["validation_failures"] = failures
+    report["notes"] += failures
+    export = recipe.stages.get("export")
+    if export is not None and export.tensorrt:
+        engine = build_engine(variants[-1], settings.out_dir, export, sparse, settings.batch_sizes)
+        report["tensorrt"] = engine
+        if engine["engine"] is None:
+            report["notes"].append(
+                f"No TensorRT engine: {engine['reason']}. Run {engine['trtexec_script']} on a machine with TensorRT."
+            )
     return report
+
+
+def write_compress_manifest(out_dir: Path, report: dict) -> Path:
+    """``manifest.json``: every artifact with its sha256, the recipe, each variant's export
+    (format, opset, per-site precision, validation) and the library versions."""
+    artifacts = sorted(p for p in out_dir.iterdir() if p.suffix in (".onnx", ".engine", ".sh"))
+    variants = {v["name"]: v["onnx"] for v in report["variants"]}
+    return write_manifest(out_dir, artifacts, recipe=report["recipe"], extra={"variants": variants})
 
 
 def compress(
@@ -98,6 +293,7 @@ def compress(
     out: str | Path,
     *,
     data: str | None = None,
+    calib: str | None = None,
     limit: int | None = None,
     seed: int = 0,
     eval_batch_size: int = EVAL_BATCH_SIZE,
@@ -109,13 +305,17 @@ def compress(
     progress: bool = True,
     command: str = "",
 ) -> dict:
-    """Run ``recipe`` on ``loaded`` and write report.json, report.md and one ONNX model per
-    variant into ``out``. The folder appears only when everything succeeded; an existing
-    non-empty ``out`` is refused unless ``overwrite``. ``data`` defaults to the model's own
-    evaluation data (the demo's Fashion-MNIST test split). Returns the report dict."""
+    """Run ``recipe`` on ``loaded`` and write report.json, report.md, report.html, manifest.json and
+    one ONNX model per variant into ``out`` (``model_<variant>.failed.onnx`` when it failed the
+    ``validate`` stage; the report's ``validation_failures`` says why). The folder appears only
+    when the run finished; an existing non-empty ``out`` is refused unless ``overwrite``. ``data``
+    and ``calib`` default to the model's own evaluation and calibration data (the demo's
+    Fashion-MNIST test and train splits). Returns the report dict."""
     with staged_output_dir(out, overwrite=overwrite) as staging:
         eval_data = load_eval_data(loaded, data, limit, seed, eval_batch_size)
         settings = MeasureSettings(eval_data, staging, threads, list(batch_sizes), progress, warmup, runs)
-        report = run_recipe(loaded, recipe, settings, command)
+        ctx = StageContext(loaded, calib, seed, progress, eval_batch_size)
+        report = run_recipe(loaded, recipe, settings, ctx, command)
         write_report(staging, report)
+        write_compress_manifest(staging, report)
     return report

@@ -27,8 +27,11 @@ from typing import Any
 
 import yaml
 
+from vitslim.compress.quant.stage import QuantStage
+from vitslim.compress.sparsity import SparsityConfig
 from vitslim.compress.tokens import TOKEN_REDUCERS, TokenReductionConfig, token_config_from_dict
 from vitslim.errors import UserError
+from vitslim.export.stages import ExportStage, ValidateStage
 
 #: every stage a recipe may name, in the order the pipeline applies them
 STAGE_ORDER = ("tokens", "sparsity", "quant", "export", "validate")
@@ -160,8 +163,26 @@ def _parse_tokens(settings: Mapping[str, Any], where: str) -> TokenReductionConf
         raise UserError(f"{where}: {exc}") from None
 
 
-#: stage name -> parser of its settings; stages of STAGE_ORDER missing here are not available yet
-STAGE_PARSERS: dict[str, Callable[[Mapping[str, Any], str], Any]] = {"tokens": _parse_tokens}
+def _parser(from_dict: Callable[[Mapping[str, Any]], Any]) -> Callable[[Mapping[str, Any], str], Any]:
+    """A stage parser around a config's ``from_dict``, prefixing its errors with where they are."""
+
+    def parse(settings: Mapping[str, Any], where: str) -> Any:
+        try:
+            return from_dict(settings)
+        except UserError as exc:
+            raise UserError(f"{where}: {exc}") from None
+
+    return parse
+
+
+#: stage name -> parser of its settings
+STAGE_PARSERS: dict[str, Callable[[Mapping[str, Any], str], Any]] = {
+    "tokens": _parse_tokens,
+    "sparsity": _parser(SparsityConfig.from_dict),
+    "quant": _parser(QuantStage.from_dict),
+    "export": _parser(ExportStage.from_dict),
+    "validate": _parser(ValidateStage.from_dict),
+}
 
 
 def parse_recipe(data: Any, source: str, default_name: str) -> Recipe:
@@ -179,11 +200,6 @@ def parse_recipe(data: Any, source: str, default_name: str) -> Recipe:
     _check_keys(stages, STAGE_ORDER, f"{where} (stages)")
     parsed = {}
     for stage in (s for s in STAGE_ORDER if s in stages):
-        if stage not in STAGE_PARSERS:
-            raise UserError(
-                f"stage {stage!r} in {where} is not available yet in this version of vitslim "
-                f"(available: {', '.join(STAGE_PARSERS)})"
-            )
         settings = stages[stage]
         if not isinstance(settings, Mapping):
             raise UserError(f"{where}: stages.{stage} must be a mapping of settings, got {settings!r}")

@@ -55,8 +55,9 @@ class ImageFolderDataset(Dataset):
             raise UserError(f"Data path {self.root} is not a folder.")
 
         loose = images_in(self.root, recursive=False)
-        class_dirs = sorted((d for d in self.root.iterdir() if d.is_dir() and not d.name.startswith(".")),
-                            key=lambda d: d.name)
+        class_dirs = sorted(
+            (d for d in self.root.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name
+        )
         by_class = {d.name: images_in(d, recursive=True) for d in class_dirs}
         by_class = {name: files for name, files in by_class.items() if files}
 

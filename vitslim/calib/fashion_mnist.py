@@ -56,8 +56,12 @@ class FashionMNIST(Dataset):
     classes = CLASSES
     labelled = True
 
-    def __init__(self, split: str = "train", root: str | Path = DEFAULT_ROOT,
-                 transform: Callable[[Image.Image], Any] | None = None) -> None:
+    def __init__(
+        self,
+        split: str = "train",
+        root: str | Path = DEFAULT_ROOT,
+        transform: Callable[[Image.Image], Any] | None = None,
+    ) -> None:
         if split not in SPLITS:
             raise UserError(f"Fashion-MNIST split must be one of {', '.join(SPLITS)}, not {split!r}.")
         self.split = split
@@ -68,8 +72,10 @@ class FashionMNIST(Dataset):
         self.images = read_idx(self.root / f"{prefix}-images-idx3-ubyte.gz", IMAGES_MAGIC)
         self.labels = read_idx(self.root / f"{prefix}-labels-idx1-ubyte.gz", LABELS_MAGIC)
         if len(self.images) != len(self.labels):
-            raise UserError(f"Fashion-MNIST {split} files in {self.root} hold {len(self.images)} images "
-                            f"but {len(self.labels)} labels.")
+            raise UserError(
+                f"Fashion-MNIST {split} files in {self.root} hold {len(self.images)} images "
+                f"but {len(self.labels)} labels."
+            )
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -47,8 +47,9 @@ def build_transform(data_config: dict[str, Any]) -> Callable[[Image.Image], Any]
     return timm.data.create_transform(**kwargs, is_training=False)
 
 
-def make_loader(dataset: Dataset, batch_size: int = 32, limit: int | None = None, seed: int = 0,
-                num_workers: int = 0) -> DataLoader:
+def make_loader(
+    dataset: Dataset, batch_size: int = 32, limit: int | None = None, seed: int = 0, num_workers: int = 0
+) -> DataLoader:
     """Batches ``(images [B,3,H,W], labels [B])`` of a seeded subset of ``dataset``, in a fixed order.
 
     The dataset's transform must turn images into tensors (see ``build_transform``).

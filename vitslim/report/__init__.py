@@ -1,4 +1,4 @@
-"""Reports: report.json (machine-readable) and report.md."""
+"""Reports: report.json (machine-readable), report.md and a self-contained report.html."""
 
 from vitslim.report.markdown import render_markdown
 from vitslim.report.writer import write_report

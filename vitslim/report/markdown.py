@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-def _pct(value: float | None) -> str:
+def fmt_pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
@@ -11,11 +11,11 @@ def _num(value: float | None, fmt: str = ".4f") -> str:
     return "n/a" if value is None else format(value, fmt)
 
 
-def _mb(size: int | None) -> str:
+def fmt_mb(size: int | None) -> str:
     return "n/a" if size is None else f"{size / 1e6:.1f} MB"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
@@ -58,12 +58,12 @@ def render_markdown(report: dict) -> str:
         [
             v["name"],
             v.get("evaluated_with", "pytorch"),
-            _pct(v["top1"]),
-            _pct(v["top5"]),
-            _pct(v["agreement"]),
+            fmt_pct(v["top1"]),
+            fmt_pct(v["top5"]),
+            fmt_pct(v["agreement"]),
             _num(v.get("cosine")),
             _num(v.get("kl"), ".2e"),
-            _mb(v["size_bytes"]),
+            fmt_mb(v["size_bytes"]),
         ]
         for v in report["variants"]
     ]
@@ -71,25 +71,38 @@ def render_markdown(report: dict) -> str:
         header += ["tokens after last block", "block GFLOPs / image"]
         for row, v in zip(rows, report["variants"], strict=True):
             row += [str(v["tokens_per_layer"][-1]), f"{v['block_flops_per_image'] / 1e9:.2f}"]
-    lines += _table(header, rows)
+    lines += md_table(header, rows)
 
     parity = [(v["name"], v["onnx"]) for v in report["variants"] if v.get("onnx")]
     if parity:
         lines += ["", "## ONNX export parity (ONNX Runtime vs PyTorch, same inputs)", ""]
-        lines += _table(
-            ["variant", "file", "opset", "max abs diff", "top-1 agreement", "samples"],
+        lines += md_table(
+            ["variant", "file", "opset", "max abs diff", "top-1 agreement", "samples", "validation"],
             [
                 [
                     name,
                     f"`{o['file']}`",
                     str(o["opset"]),
                     f"{o['max_abs_diff']:.2e}",
-                    _pct(o["top1_agreement"]),
+                    fmt_pct(o["top1_agreement"]),
                     str(o["samples"]),
+                    _validation(o.get("validation")),
                 ]
                 for name, o in parity
             ],
         )
+        floors = [(o.get("validation") or {}).get("noise_floor_measured") for _, o in parity]
+        floors = [f for f in floors if f]
+        if floors:
+            lines += [
+                "",
+                "Noise floor: the PyTorch model's top-1 agreement with itself when every input is scaled by "
+                f"1 + {floors[0]['relative_input_noise']:g}·N(0, 1) (float-rounding level). Quantized models can "
+                "amplify such noise (a value on a rounding boundary moves a whole step), so ONNX Runtime's "
+                "different float rounding cannot be expected to agree better than that.",
+            ]
+
+    lines += _quantization_section(report["variants"])
 
     rows, base = [], {}
     for v in report["variants"]:
@@ -112,7 +125,7 @@ def render_markdown(report: dict) -> str:
     if rows:
         device = env.get("cuda") or f"CPU {env.get('cpu')}"
         lines += ["", f"## Latency ({device}; random inputs; median and p90 of timed runs after warm-up)", ""]
-        lines += _table(
+        lines += md_table(
             [
                 "variant",
                 "runtime",
@@ -130,3 +143,58 @@ def render_markdown(report: dict) -> str:
     for note in report.get("notes", []):
         lines += ["", f"> {note}"]
     return "\n".join(lines) + "\n"
+
+
+def _bit_counts(sites: dict, weights: bool) -> str:
+    counts: dict[int, int] = {}
+    for site in sites.values():
+        if (site["kind"] == "weight") == weights:
+            counts[site["bits"]] = counts.get(site["bits"], 0) + 1
+    return ", ".join(f"{n} at {b} bit" for b, n in sorted(counts.items())) or "none"
+
+
+def _quantization_section(variants: list[dict]) -> list[str]:
+    """Per quantized variant: sites and bits, how the ONNX file carries them, mixed-precision costs."""
+    quantized = [v for v in variants if (v.get("quantization") or {}).get("sites")]
+    if not quantized:
+        return []
+    lines = ["", "## Quantization", ""]
+    rows = []
+    for v in quantized:
+        sites = v["quantization"]["sites"]
+        onnx = v.get("onnx") or {}
+        rows.append(
+            [
+                v["name"],
+                str(len(sites)),
+                _bit_counts(sites, weights=True),
+                _bit_counts(sites, weights=False),
+                str(onnx.get("format", "n/a")),
+            ]
+        )
+    lines += md_table(["variant", "quantized sites", "weights", "activations", "ONNX format"], rows)
+    for v in quantized:
+        mp = v.get("mixed_precision")
+        if not mp:
+            continue
+        costs = mp["costs"]
+        text = (
+            f"{v['name']}: mixed precision reached {costs['avg_weight_bits']:.2f} average weight bits "
+            f"(parameter-weighted), {fmt_mb(costs.get('size_bytes'))}, in {mp['seconds']:.0f} s "
+            f"(sensitivity: {mp['metric']}, {mp['calibration']}; cache {mp.get('sensitivity_cache')})."
+        )
+        if "drop" in mp:
+            text += f" Drop measured during the search: {mp['drop']['measured']:.2f} pt."
+        lines += ["", text]
+    return lines
+
+
+def _validation(check: dict | None) -> str:
+    if not check:
+        return "n/a"
+    floor = check.get("noise_floor_measured")
+    if not check["passed"]:
+        return "FAILED: " + "; ".join(check["reasons"])
+    if floor:
+        return f"passed: not significantly under the noise floor {floor['agreement']:.2%}"
+    return f"passed (≥ {check['min_agreement']:.0%} agreement)"

@@ -19,7 +19,8 @@ from .sites import find_sites, layernorm_consumers
 __all__ = ["quantize_"]
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    """A UserError naming the closest of ``choices`` when ``value`` is not one of them."""
     if value not in choices:
         raise UserError(f"unknown {name} {value!r}{suggest(value, choices)} (choose from {', '.join(choices)})")
 
@@ -48,8 +49,8 @@ def quantize_(
     ``keep`` candidates re-scored per site). Deterministic for a given ``seed``.
     """
     cfg = cfg if isinstance(cfg, QuantConfig) else QuantConfig.from_dict(cfg)
-    _check_choice("search", search, SEARCHES)
-    _check_choice("objective", objective, OBJECTIVES)
+    check_choice("search", search, SEARCHES)
+    check_choice("objective", objective, OBJECTIVES)
     if samples < 1 or keep < 1:
         raise UserError("samples and keep must be positive")
     if is_quantized(model):

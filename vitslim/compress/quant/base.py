@@ -50,9 +50,7 @@ def _check_bits(bits: Any) -> int:
             raise TypeError
         value = operator.index(bits)
     except TypeError:
-        raise ValueError(
-            f"bits must be an integer in [{MIN_BITS}, {MAX_BITS}], got {bits!r}"
-        ) from None
+        raise ValueError(f"bits must be an integer in [{MIN_BITS}, {MAX_BITS}], got {bits!r}") from None
     if not MIN_BITS <= value <= MAX_BITS:
         raise ValueError(f"bits must be an integer in [{MIN_BITS}, {MAX_BITS}], got {value}")
     return value
@@ -240,8 +238,7 @@ class Quantizer(nn.Module):
     def _check_calibrated(self) -> None:
         if not self.calibrated:
             raise RuntimeError(
-                f"{self.name} quantizer is not calibrated: call .calibrate(x) "
-                "or load a state_dict first"
+                f"{self.name} quantizer is not calibrated: call .calibrate(x) or load a state_dict first"
             )
 
     # ---------------------------------------------------------------- codes
@@ -278,8 +275,9 @@ class Quantizer(nn.Module):
         return float(((self(x).double() - x.double()) ** 2).mean())
 
     # ------------------------------------------------------------ state dict
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
-                              missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # Calibrated buffers may have a different shape than the placeholders
         # (per-channel scales): resize them before the default copy.
         for name, buf in list(self._buffers.items()):
@@ -288,8 +286,9 @@ class Quantizer(nn.Module):
                 src = state_dict[key]
                 if isinstance(src, Tensor) and src.shape != buf.shape:
                     self._buffers[name] = torch.empty(src.shape, dtype=buf.dtype, device=buf.device)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
-                                      missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
 
 class UnsignedQuantizer(Quantizer):
@@ -352,7 +351,7 @@ class UnsignedQuantizer(Quantizer):
         cands = list(self._candidates(u))
         errs = []
         for start in range(0, len(cands), 512):  # bounded memory
-            thr, val = stack_buckets([self._buckets(c) for c in cands[start:start + 512]])
+            thr, val = stack_buckets([self._buckets(c) for c in cands[start : start + 512]])
             errs.append(table.mse(thr, val)[0])
         err = torch.cat(errs)
         best = int(torch.argmin(err))  # first minimum: deterministic

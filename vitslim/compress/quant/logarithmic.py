@@ -205,8 +205,7 @@ class AdaLogQuantizer(UnsignedQuantizer):
         return (1 << self.bits) - 1
 
     def extra_config(self) -> dict[str, Any]:
-        return {**super().extra_config(), "r": self.r, "k_max": self.k_max,
-                "scale_steps": self.scale_steps}
+        return {**super().extra_config(), "r": self.r, "k_max": self.k_max, "scale_steps": self.scale_steps}
 
     def table(self, device: torch.device | None = None) -> Tensor:
         """``T[j] = 2^(-j/r)``, ``j = 0..r-1`` (float32)."""

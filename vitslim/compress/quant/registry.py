@@ -66,9 +66,7 @@ def get_quantizer_class(name: str) -> type[Quantizer]:
         pass
     close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3, cutoff=0.5)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise UserError(
-        f"unknown quantizer {name!r}{hint} (available: {', '.join(list_quantizers())})"
-    )
+    raise UserError(f"unknown quantizer {name!r}{hint} (available: {', '.join(list_quantizers())})")
 
 
 def create_quantizer(name: str, bits: int = 8, **options: Any) -> Quantizer:

@@ -37,7 +37,7 @@ __all__ = ["TanQuantizer", "compander", "expander"]
 #: Smallest α used numerically (α below it is treated as this value: uniform to ~1e-13).
 ALPHA_MIN = 1e-6
 #: Largest α of the default search (end/middle level-density ratio 1000).
-ALPHA_MAX = 2.0 * math.acos(1000.0 ** -0.5)
+ALPHA_MAX = 2.0 * math.acos(1000.0**-0.5)
 
 
 def compander(u: Tensor, alpha: float) -> Tensor:
@@ -88,8 +88,12 @@ class TanQuantizer(UnsignedQuantizer):
         self._tables: dict[tuple[float, int, str], tuple[Tensor, Tensor]] = {}
 
     def extra_config(self) -> dict[str, Any]:
-        return {**super().extra_config(), "alpha": self.fixed_alpha,
-                "alpha_steps": self.alpha_steps, "scale_steps": self.scale_steps}
+        return {
+            **super().extra_config(),
+            "alpha": self.fixed_alpha,
+            "alpha_steps": self.alpha_steps,
+            "scale_steps": self.scale_steps,
+        }
 
     # ----------------------------------------------------------------- tables
     def _table(self, alpha: float, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -126,7 +130,7 @@ class TanQuantizer(UnsignedQuantizer):
         out = []
         for i in range(n):
             ratio = 1000.0 ** (i / max(n - 1, 1))  # end/middle density ratio
-            out.append(max(2.0 * math.acos(ratio ** -0.5), ALPHA_MIN))
+            out.append(max(2.0 * math.acos(ratio**-0.5), ALPHA_MIN))
         return out
 
     def _buckets(self, p: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:

@@ -132,7 +132,7 @@ class UniformQuantizer(Quantizer):
         scale = torch.ones(c, device=lo.device)
         zero = torch.zeros(c, device=lo.device)
         for start in range(0, self.grid, chunk):
-            r = ratios[start:start + chunk][None, :]
+            r = ratios[start : start + chunk][None, :]
             s, z = self._params_from_range(lo[:, None] * r, hi[:, None] * r)  # (C, G)
             sd, zd = s.double()[..., None], z.double()[..., None]
             values = (codes - zd) * sd

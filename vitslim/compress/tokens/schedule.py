@@ -230,11 +230,17 @@ class BlockCost:
 
 
 def _linear_macs(module: Any) -> int:
+    """MACs per token of the innermost Linear-like layers in ``module`` (a quantized Linear counts:
+    its children are quantizers, not layers)."""
     total = 0
     for m in module.modules():
-        if next(m.children(), None) is None and hasattr(m, "in_features") and hasattr(m, "out_features"):
+        if _is_linear(m) and not any(_is_linear(c) for c in m.children()):
             total += int(m.in_features) * int(m.out_features)
     return total
+
+
+def _is_linear(module: Any) -> bool:
+    return hasattr(module, "in_features") and hasattr(module, "out_features")
 
 
 def block_costs(model: Any) -> list[BlockCost]:

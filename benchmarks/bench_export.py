@@ -1,0 +1,272 @@
+"""Quantized ONNX export on the demo model: our explicit Q/DQ against ONNX Runtime's own quantizers.
+
+    .venv/bin/python benchmarks/bench_export.py --limit 2000 --threads 2
+
+Variants, all run by ONNX Runtime (CPU EP) in this one process:
+
+* ``fp32``: the FP32 export (the reference for speedups, size ratios and agreement);
+* ``w8a8-qdq``: ``quantize_(QuantConfig.uniform(8, 8))`` on the calibration images, exported with
+  ``export_quantized_onnx`` (int8 per-channel weights, uint8 activations, Q/DQ on MatMul inputs);
+* ``tome16-w8a8-qdq``: ToMe with a constant r=16, then the same W8A8 quantization and export;
+* ``ort-static-qdq``: ``onnxruntime.quantization.quantize_static`` of the FP32 ONNX (QDQ format,
+  per-channel int8 weights, uint8 activations, MinMax calibration on the same images);
+* ``ort-dynamic``: ``onnxruntime.quantization.quantize_dynamic`` of the FP32 ONNX (int8 weights).
+
+For each: top-1 on the seeded Fashion-MNIST test sample and agreement with FP32 (both in ONNX
+Runtime), p50 latency at batch 1 and 16, speedup and file-size ratio against FP32, the kernels ONNX
+Runtime actually runs (integer MatMuls after its graph optimisations), and for our exports the
+validation against the PyTorch fake-quant model on the first test batch.
+
+Writes export_demo.{json,md} into --out-dir (default benchmarks/results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from vitslim.calib import build_transform, load_dataset, make_loader
+from vitslim.compress.quant import QuantConfig, quantize_
+from vitslim.compress.tokens import TokenMergeConfig, apply_token_reduction
+from vitslim.evaluate.environment import environment
+from vitslim.evaluate.latency import DEFAULT_WARMUP, bench_ort, resolve_threads, torch_threads
+from vitslim.export.onnx_export import DEFAULT_OPSET, export_onnx
+from vitslim.export.qdq import export_quantized_onnx
+from vitslim.export.validate import validate_onnx
+from vitslim.files import atomic_write_json, atomic_write_text
+from vitslim.measure import EvalData, evaluate_onnx, load_eval_data, model_summary, score
+from vitslim.models import LoadedModel, load_model
+from vitslim.report.markdown import device_line
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BATCH_SIZES = (1, 16)
+INTEGER_KERNELS = (
+    "MatMulInteger",
+    "MatMulIntegerToFloat",
+    "QLinearMatMul",
+    "QGemm",
+    "QLinearConv",
+    "DynamicQuantizeMatMul",
+    "MatMulNBits",
+)
+
+
+def calibration_batches(loaded: LoadedModel, images: int, seed: int) -> list[torch.Tensor]:
+    dataset = load_dataset(loaded.default_calib or "fashion-mnist:train", transform=build_transform(loaded.data_config))
+    return [batch for batch, _ in make_loader(dataset, batch_size=16, limit=images, seed=seed)]
+
+
+class _Reader:
+    """onnxruntime.quantization CalibrationDataReader over the calibration images (one at a time)."""
+
+    def __init__(self, batches: list[torch.Tensor], name: str) -> None:
+        self.items = iter([{name: b[i : i + 1].numpy()} for b in batches for i in range(b.shape[0])])
+
+    def get_next(self) -> dict | None:
+        return next(self.items, None)
+
+
+def runtime_kernels(path: Path, threads: int) -> dict[str, int]:
+    """Op types ONNX Runtime runs after its own graph optimisations (ORT_ENABLE_ALL)."""
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        ops = Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+    return dict(sorted(ops.items()))
+
+
+def build_variants(
+    loaded: LoadedModel, calib: list[torch.Tensor], folder: Path, data: EvalData, search: str, threads: int
+) -> list[dict]:
+    """Export every variant; returns rows with the file path and (ours) the PyTorch validation."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    size = loaded.input_size
+    first, _ = next(iter(data.batches))
+    rows = []
+    fp32 = export_onnx(loaded.model, folder / "fp32.onnx", size)
+    rows.append({"name": "fp32", "description": "FP32 export", "path": fp32})
+    # ORT's quantizers re-run shape inference, which trips over the exporter's value_info: hand them a copy without
+    plain = folder / "fp32-plain.onnx"
+    proto = onnx.load(str(fp32))
+    del proto.graph.value_info[:]
+    onnx.save(proto, str(plain))
+    static = folder / "ort-static-qdq.onnx"
+    quantize_static(
+        str(plain),
+        str(static),
+        _Reader(calib, "input"),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul", "Gemm", "Conv"],
+    )
+    rows.append(
+        {"name": "ort-static-qdq", "description": "ORT quantize_static (QDQ, per-channel, MinMax)", "path": static}
+    )
+    dynamic = folder / "ort-dynamic.onnx"
+    quantize_dynamic(str(plain), str(dynamic), weight_type=QuantType.QInt8)
+    rows.append({"name": "ort-dynamic", "description": "ORT quantize_dynamic (int8 weights)", "path": dynamic})
+    for name, tome in (("w8a8-qdq", None), ("tome16-w8a8-qdq", TokenMergeConfig(r=16))):
+        model = copy.deepcopy(loaded.model)
+        if tome is not None:
+            apply_token_reduction(model, tome)
+        start = time.perf_counter()
+        with torch_threads(resolve_threads(threads)):
+            quantize_(model, QuantConfig.uniform(8, 8), calib, search=search, progress=False)
+        quant_s = time.perf_counter() - start
+        result = export_quantized_onnx(model, folder / f"{name}.onnx", size)
+        check = validate_onnx(model, result.path, first, threads=resolve_threads(threads))
+        rows.append(
+            {
+                "name": name,
+                "description": ("ToMe r=16 (constant) + " if tome else "")
+                + f"vitslim W8A8 (search {search}), explicit Q/DQ",
+                "path": result.path,
+                "quantize_seconds": quant_s,
+                "validation": check.to_dict(),
+                "qdq": {k: v for k, v in result.to_dict().items() if k not in ("sites", "graph", "path")},
+            }
+        )
+    return rows
+
+
+def run(loaded: LoadedModel, data: EvalData, calib: list[torch.Tensor], args: argparse.Namespace) -> list[dict]:
+    threads = resolve_threads(args.threads)
+    classifier = loaded.num_classes > 0
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = build_variants(loaded, calib, Path(tmp), data, args.search, threads)
+        outputs = [evaluate_onnx(row["path"], data, threads, progress=False) for row in rows]
+        for row, out in zip(rows, outputs, strict=True):
+            row.update(score(out, outputs[0], classifier))
+            row["size_bytes"] = row["path"].stat().st_size
+            row["runtime_ops"] = runtime_kernels(row["path"], threads)
+            row["integer_kernels"] = {k: v for k, v in row["runtime_ops"].items() if k in INTEGER_KERNELS}
+        for row in rows:  # timings back to back, after all the evaluation
+            latency = bench_ort(
+                str(row["path"]),
+                loaded.input_size,
+                list(BATCH_SIZES),
+                threads,
+                progress=False,
+                warmup=args.warmup,
+                runs=args.runs,
+            )
+            row["latency"] = [entry.to_dict() for entry in latency]
+    base = rows[0]
+    base_p50 = {lat["batch"]: lat["p50_ms"] for lat in base["latency"]}
+    for row in rows:
+        row["path"] = row["path"].name
+        row["speedup"] = {str(lat["batch"]): base_p50[lat["batch"]] / lat["p50_ms"] for lat in row["latency"]}
+        row["size_ratio"] = row["size_bytes"] / base["size_bytes"]
+    return rows
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def _p50(row: dict, batch: int) -> float:
+    return next(lat["p50_ms"] for lat in row["latency"] if lat["batch"] == batch)
+
+
+def render_markdown(result: dict) -> str:
+    env, data, bench = result["environment"], result["data"], result["benchmark"]
+    lines = [
+        f"# Quantized ONNX export on the demo model ({result['model']['name']})",
+        "",
+        f"- **Command**: `{result['command']}`",
+        f"- **Machine**: {device_line(env)}",
+        f"- **Runtime**: ONNX Runtime CPU EP, ORT_ENABLE_ALL, {bench['threads']} threads, random inputs, "
+        f"{bench['warmup']} warm-up + up to {bench['runs']} timed runs per setting (p50)",
+        f"- **Data**: {data['name']}, {data['samples']} samples (seed 0), evaluated in ONNX Runtime; "
+        f"calibration: {bench['calibration_images']} Fashion-MNIST train images",
+        f"- **Created**: {result['created']}",
+        "",
+        "| variant | setting | top-1 | agreement vs FP32 | p50 ms b1 | speedup b1 | p50 ms b16 | speedup b16 "
+        "| size MB | size ratio | integer kernels ORT runs |",
+        "|" + "---|" * 11,
+    ]
+    for row in result["variants"]:
+        kernels = ", ".join(f"{k}×{v}" for k, v in row["integer_kernels"].items()) or "none"
+        lines.append(
+            f"| {row['name']} | {row['description']} | {_pct(row['top1'])} | {_pct(row['agreement'])} "
+            f"| {_p50(row, 1):.1f} | {row['speedup']['1']:.2f}x | {_p50(row, 16):.1f} | {row['speedup']['16']:.2f}x "
+            f"| {row['size_bytes'] / 1e6:.1f} | {row['size_ratio']:.2f} | {kernels} |"
+        )
+    lines += ["", "Validation of our exports against the PyTorch fake-quant model (first test batch):", ""]
+    for row in result["variants"]:
+        if "validation" in row:
+            v = row["validation"]
+            lines.append(
+                f"- {row['name']}: top-1 agreement {_pct(v['top1_agreement'])}, max abs diff "
+                f"{v['max_abs_diff']:.3g} on {v['samples']} images; quantize_ took {row['quantize_seconds']:.0f} s"
+            )
+    lines += [
+        "",
+        "Speedups and size ratios: FP32 / variant, same runtime, batch and threads, measured in the same run. "
+        "Integer kernels: the op types ONNX Runtime runs after its graph optimisations.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, default=2000, help="Fashion-MNIST test images (seeded sample)")
+    parser.add_argument("--calib-images", type=int, default=64, help="Fashion-MNIST train images to calibrate on")
+    parser.add_argument("--search", default="mse", help="quantize_ search (mse, minmax, percentile, progressive)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=30, help="timed runs per setting and batch size")
+    parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP)
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    np.random.seed(0)
+    loaded = load_model("demo")
+    data = load_eval_data(loaded, None, args.limit, seed=0, batch_size=32)
+    calib = calibration_batches(loaded, args.calib_images, seed=0)
+    result = {
+        "command": "python benchmarks/bench_export.py " + " ".join(sys.argv[1:]),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": model_summary(loaded),
+        "data": data.describe(),
+        "environment": environment(),
+        "benchmark": {
+            "runtime": "onnxruntime",
+            "threads": resolve_threads(args.threads),
+            "batch_sizes": list(BATCH_SIZES),
+            "warmup": args.warmup,
+            "runs": args.runs,
+            "inputs": "random normal",
+            "opset": DEFAULT_OPSET,
+            "calibration_images": sum(b.shape[0] for b in calib),
+            "accuracy_evaluated_with": "onnxruntime",
+        },
+        "variants": run(loaded, data, calib, args),
+    }
+    markdown = render_markdown(result)
+    atomic_write_json(args.out_dir / "export_demo.json", result)
+    atomic_write_text(args.out_dir / "export_demo.md", markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()

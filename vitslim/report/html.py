@@ -1,0 +1,58 @@
+"""A self-contained report.html: the Markdown report's tables plus embedded PNG figures."""
+
+from __future__ import annotations
+
+import base64
+import html
+
+import markdown
+
+from vitslim.report import figures
+from vitslim.report.markdown import render_markdown
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+th { background: #f3f3f3; }
+td:first-child, th:first-child { text-align: left; }
+blockquote { color: #555; border-left: 3px solid #ccc; margin: 0.5em 0; padding-left: 1em; }
+figure { margin: 1.5em 0; }
+figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: 0.85em; color: #555; }
+code { background: #f6f6f6; padding: 0 0.2em; }
+"""
+
+#: (figure function, caption) in page order
+FIGURES = (
+    (figures.accuracy_vs_latency, "Accuracy against ONNX Runtime latency for every variant."),
+    (figures.tokens_per_layer, "Tokens each transformer block sees."),
+    (figures.bits_per_layer, "Weight and input bits per layer."),
+    (figures.sensitivity, "Per-layer sensitivity used by the mixed-precision allocation."),
+)
+
+
+def report_figures(report: dict) -> list[tuple[str, bytes]]:
+    """``(caption, png)`` of every figure the report has data for."""
+    out = []
+    for make, caption in FIGURES:
+        png = make(report)
+        if png is not None:
+            out.append((caption, png))
+    return out
+
+
+def render_html(report: dict) -> str:
+    """The whole report as one HTML page with its figures embedded as data URIs."""
+    body = markdown.markdown(render_markdown(report), extensions=["tables"])
+    figs = "".join(
+        f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        for caption, png in report_figures(report)
+    )
+    title = html.escape(f"vitslim report: {report['model']['name']}")
+    section = f"<h2>Figures</h2>{figs}" if figs else ""
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{STYLE}</style></head><body>{body}{section}</body></html>\n"
+    )
