@@ -269,7 +269,9 @@ def run_recipe(
     report["validation_failures"] = failures
     report["notes"] += failures
     export = recipe.stages.get("export")
-    if export is not None and export.tensorrt:
+    if export is not None and export.tensorrt and not variants[-1]["onnx"]["validation"]["passed"]:
+        report["notes"].append(f"No TensorRT engine: {variants[-1]['name']} failed validation.")
+    elif export is not None and export.tensorrt:
         engine = build_engine(variants[-1], settings.out_dir, export, sparse, settings.batch_sizes)
         report["tensorrt"] = engine
         if engine["engine"] is None:

@@ -55,6 +55,7 @@ __all__ = [
     "calibrate_model",
     "collect_rows",
     "output_error",
+    "run_until",
     "search_quantizer",
 ]
 
@@ -393,7 +394,9 @@ def _stage_of(site: str, depth: int) -> int:
     return -1 if parts[0] == "patch_embed" else depth
 
 
-def _run(model: nn.Module, batches: Sequence[Tensor], stop_after: nn.Module | None, bar) -> None:
+def run_until(model: nn.Module, batches: Sequence[Tensor], stop_after: nn.Module | None, bar) -> None:
+    """Run every batch through ``model``, ending each pass after ``stop_after`` (None: full pass)."""
+
     def stop(*_args) -> None:
         raise _Stop
 
@@ -472,7 +475,7 @@ def _calibrate_stage(
             else:
                 samplers[name] = _AttentionSampler(samples, images, seed * 7919 + i)
                 setattr(owner, TAP, samplers[name])
-        _run(model, batches, stop_after, bar)
+        run_until(model, batches, stop_after, bar)
     finally:
         for h in handles:
             h.remove()

@@ -13,20 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from vitslim.compress.quant.calibration import calibration_batches
+from vitslim.compress.quant.calibration import calibration_batches, run_until
 
 __all__ = ["calibration_subset", "calibration_stages", "collect_hessians", "run_until", "relative_output_error"]
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
-
-
-class _Stop(Exception):
-    """Raised by a forward hook to end a forward pass early."""
 
 
 def calibration_subset(data: Tensor | Iterable, samples: int, seed: int, device: torch.device) -> list[Tensor]:
@@ -81,23 +77,6 @@ def collect_hessians(layers: Mapping[str, nn.Linear]) -> Iterator[dict[str, Tens
         yield hessians
     finally:
         for handle in handles:
-            handle.remove()
-
-
-def run_until(model: nn.Module, batches: Sequence[Tensor], stop_after: nn.Module | None, bar) -> None:
-    """Run every batch through ``model``, ending each pass after ``stop_after`` (None: full pass)."""
-
-    def stop(*_args) -> None:
-        raise _Stop
-
-    handle = stop_after.register_forward_hook(stop) if stop_after is not None else None
-    try:
-        for x in batches:
-            with contextlib.suppress(_Stop):
-                model(x)
-            bar.update(1)
-    finally:
-        if handle is not None:
             handle.remove()
 
 
