@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from importlib import metadata
 from pathlib import Path
 
@@ -18,6 +19,15 @@ from vitslim.models import demo, load_model
 from vitslim.models.dinov2_onnx import onnx_backbone_features
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _all_cores():
+    """The real model runs on every core (the suite's default is one thread, for tiny models)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
