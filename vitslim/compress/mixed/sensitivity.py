@@ -30,11 +30,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from vitslim.compress.quant.apply import fold_reparameterisations
 from vitslim.compress.quant.base import MIN_SCALE
 from vitslim.compress.quant.config import QuantConfig, SiteSpec, kind_options
 from vitslim.compress.quant.placement import build_quantizer
-from vitslim.compress.quant.reparam import fold_gelu_shift, reparameterize_layernorms
-from vitslim.compress.quant.sites import Site, find_sites, layernorm_consumers
+from vitslim.compress.quant.sites import Site, find_sites
 from vitslim.compress.tokens import token_reduction_state
 from vitslim.errors import UserError
 
@@ -128,16 +128,7 @@ def prepared_model(model: nn.Module, base: QuantConfig, images: Tensor, seed: in
     if not (base.gelu_shift or base.ln_reparam):
         return model
     model = copy.deepcopy(model)
-    specs = base.resolve(find_sites(model))
-    if base.gelu_shift:
-        fold_gelu_shift(model, [n[: -len(".fc2.input")] for n, s in specs.items() if n.endswith("mlp.fc2.input") and s])
-    if base.ln_reparam:
-        bits = {}
-        for norm, linears in layernorm_consumers(model).items():
-            spec = specs.get(f"{linears[0]}.input")
-            if spec is not None and spec.quantizer == "uniform":
-                bits[norm] = spec.bits
-        reparameterize_layernorms(model, [images], bits, target=base.ln_reparam, seed=seed)
+    fold_reparameterisations(model, base, base.resolve(find_sites(model)), [images], seed=seed)
     return model
 
 

@@ -25,6 +25,30 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise UserError(f"unknown {name} {value!r}{suggest(value, choices)} (choose from {', '.join(choices)})")
 
 
+def fold_reparameterisations(
+    model: nn.Module,
+    cfg: QuantConfig,
+    specs: Mapping[str, Any],
+    batches: Iterable[Tensor],
+    *,
+    samples: int = 2048,
+    seed: int = 0,
+) -> None:
+    """Fold what ``cfg`` asks for into ``model`` (float outputs unchanged): AdaLog's post-GELU
+    shift where ``fc2``'s input is quantized, and RepQ-ViT's post-LN reparameterisation of the
+    LayerNorms whose consumers have a uniform input quantizer (``specs``: site name -> spec)."""
+    if cfg.gelu_shift:
+        mlps = [n[: -len(".fc2.input")] for n, s in specs.items() if n.endswith("mlp.fc2.input") and s]
+        fold_gelu_shift(model, mlps)
+    if cfg.ln_reparam:
+        bits = {}
+        for norm, linears in layernorm_consumers(model).items():
+            spec = specs.get(f"{linears[0]}.input")
+            if spec is not None and spec.quantizer == "uniform":
+                bits[norm] = spec.bits
+        reparameterize_layernorms(model, batches, bits, target=cfg.ln_reparam, samples=samples, seed=seed)
+
+
 def quantize_(
     model: nn.Module,
     cfg: QuantConfig | Mapping[str, Any],
@@ -62,16 +86,7 @@ def quantize_(
     model.eval()
     try:
         with torch.no_grad():
-            if cfg.gelu_shift:
-                mlps = [n[: -len(".fc2.input")] for n, s in specs.items() if n.endswith("mlp.fc2.input") and s]
-                fold_gelu_shift(model, mlps)
-            if cfg.ln_reparam:
-                bits = {}
-                for norm, linears in layernorm_consumers(model).items():
-                    spec = specs.get(f"{linears[0]}.input")
-                    if spec is not None and spec.quantizer == "uniform":
-                        bits[norm] = spec.bits
-                reparameterize_layernorms(model, batches, bits, target=cfg.ln_reparam, samples=samples, seed=seed)
+            fold_reparameterisations(model, cfg, specs, batches, samples=samples, seed=seed)
             apply_quantization(model, specs, seed=seed)
             errors = calibrate_model(
                 model,
