@@ -1,11 +1,15 @@
 """Post-training quantization presets on the demo model: top-1, agreement with FP32, calibration time.
 
-    .venv/bin/python benchmarks/bench_quant.py --limit 1000 --calib 32 --threads 2
+    .venv/bin/python benchmarks/bench_quant.py --limit 1000 --calib 128 --threads 2 --ort-static \
+        --recipes w8a8+nearest,w8a8,w6a6-log+nearest,w6a6-log,w4a4-uniform,w4a4-adalog,w4a4-tanq
 
-Each quantization recipe (w8a8, w6a6-log, w4a4-uniform, w4a4-adalog, w4a4-tanq) is calibrated
-on the same seeded Fashion-MNIST train images (search as in its built-in recipe) and evaluated
-in PyTorch (fake-quant) on the same seeded test sample as FP32.
-Latency of quantized ONNX models: benchmarks/bench_export.py.
+Each quantization recipe (w8a8, w6a6-log, w4a4-uniform, w4a4-adalog, w4a4-tanq, ...) is
+calibrated on the same seeded Fashion-MNIST train images (search as in its built-in recipe) and
+evaluated in PyTorch (fake-quant) on the same seeded test sample as FP32. ``NAME+gptq`` /
+``NAME+nearest`` run a recipe with GPTQ / round-to-nearest weights whatever the recipe says.
+``--ort-static`` adds ONNX Runtime's own ``quantize_static`` (QDQ, per-channel, MinMax) of the
+FP32 ONNX on the same calibration images, evaluated in ONNX Runtime. Latency of quantized ONNX
+models: benchmarks/bench_export.py.
 
 Writes quant_demo.{json,md} into --out-dir (default benchmarks/results).
 """
@@ -17,12 +21,17 @@ import copy
 import dataclasses
 import datetime
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import onnx
+
+from vitslim.compress.quant.stage import QuantStage
 from vitslim.evaluate.environment import environment
+from vitslim.export.onnx_export import export_onnx
 from vitslim.files import atomic_write_json, atomic_write_text
-from vitslim.measure import evaluate_torch, load_eval_data, model_summary, score
+from vitslim.measure import evaluate_onnx, evaluate_torch, load_eval_data, model_summary, score
 from vitslim.models import load_model
 from vitslim.pipeline import StageContext
 from vitslim.recipes import list_recipes, load_recipe
@@ -30,6 +39,53 @@ from vitslim.report.markdown import device_line
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RECIPES = ("w8a8", "w6a6-log", "w4a4-uniform", "w4a4-adalog", "w4a4-tanq")
+#: recipe-name suffixes that force the weight rounding
+ROUNDING = {"+gptq": True, "+nearest": False}
+
+
+def quant_stage(entry: str, images: int) -> QuantStage:
+    """The quant stage of built-in recipe ``entry`` (``NAME+gptq`` / ``NAME+nearest``: rounding forced)."""
+    name, plus, rounding = entry.partition("+")
+    if (
+        name not in list_recipes()
+        or "quant" not in load_recipe(name).stages
+        or (plus and plus + rounding not in ROUNDING)
+    ):
+        raise SystemExit(f"{entry} is not a built-in quantization recipe (with an optional +gptq or +nearest)")
+    stage = dataclasses.replace(load_recipe(name).stages["quant"], images=images)
+    return dataclasses.replace(stage, gptq=ROUNDING[plus + rounding]) if plus else stage
+
+
+def ort_static_row(loaded, data, calib: list, threads: int, reference) -> dict:
+    """ONNX Runtime's quantize_static W8A8 of the FP32 export, scored in ONNX Runtime."""
+    from bench_export import _Reader  # the same calibration reader as the export benchmark
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_onnx(loaded.model, Path(tmp) / "fp32.onnx", loaded.input_size)
+        proto = onnx.load(str(fp32))
+        del proto.graph.value_info[:]  # ORT's quantizer re-runs shape inference and trips over it
+        onnx.save(proto, str(fp32))
+        static = Path(tmp) / "ort-static.onnx"
+        start = time.perf_counter()
+        quantize_static(
+            str(fp32),
+            str(static),
+            _Reader(calib, "input"),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Gemm", "Conv"],
+        )
+        seconds = time.perf_counter() - start
+        outputs = evaluate_onnx(static, data, threads)
+    return {
+        "name": "ort-quantize-static",
+        "description": "ONNX Runtime quantize_static W8A8 (QDQ, per-channel, MinMax); evaluated in ONNX Runtime",
+        "calibration_seconds": seconds,
+        **score(outputs, reference, True),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,7 +94,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calib", type=int, default=32, help="calibration images")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated quant recipe names")
+    parser.add_argument(
+        "--recipes",
+        default=",".join(RECIPES),
+        help="comma-separated quant recipe names (NAME+gptq / NAME+nearest: weight rounding forced)",
+    )
+    parser.add_argument("--ort-static", action="store_true", help="add ONNX Runtime's quantize_static W8A8")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -47,10 +108,10 @@ def main(argv: list[str] | None = None) -> None:
     ctx = StageContext(loaded, seed=args.seed, progress=True)
     reference = evaluate_torch(loaded.model, data, args.threads)
     rows = [{"name": "fp32", "calibration_seconds": 0.0, **score(reference, None, True)}]
-    for name in args.recipes.split(","):
-        if name not in list_recipes() or "quant" not in load_recipe(name).stages:
-            raise SystemExit(f"{name} is not a built-in quantization recipe")
-        stage = dataclasses.replace(load_recipe(name).stages["quant"], images=args.calib)
+    stages = {name: quant_stage(name, args.calib) for name in args.recipes.split(",")}
+    if args.ort_static:
+        rows.append(ort_static_row(loaded, data, ctx.calibration(args.calib), args.threads, reference))
+    for name, stage in stages.items():
         model = copy.deepcopy(loaded.model)
         start = time.perf_counter()
         stage.apply(model, ctx.calibration(args.calib), seed=args.seed)
@@ -65,7 +126,12 @@ def main(argv: list[str] | None = None) -> None:
             }
         )
         print(f"{name}: top-1 {rows[-1]['top1']:.2%}, calibration {seconds:.0f} s", file=sys.stderr)
+        write_results(args, argv, loaded, data, rows)  # after every row: a long run keeps what it measured
+    print((args.out_dir / "quant_demo.md").read_text())
 
+
+def write_results(args: argparse.Namespace, argv: list[str] | None, loaded, data, rows: list[dict]) -> None:
+    """quant_demo.{json,md} in ``args.out_dir`` for the rows measured so far."""
     command = "python benchmarks/bench_quant.py " + " ".join(argv if argv is not None else sys.argv[1:])
     env = environment()
     result = {
@@ -84,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"- **Command**: `{result['command']}`",
         f"- **Machine**: {device_line(env)}",
-        f"- **Data**: {data.name}, {data.samples} samples (seed {args.seed}); evaluated in PyTorch (fake-quant)",
+        f"- **Data**: {data.name}, {data.samples} samples (seed {args.seed}); evaluated in PyTorch (fake-quant), "
+        "ONNX Runtime's own quantizer in ONNX Runtime",
         f"- **Calibration**: {loaded.default_calib}, {args.calib} images (seed {args.seed})",
         f"- **Created**: {result['created']}",
         "",
@@ -100,7 +167,6 @@ def main(argv: list[str] | None = None) -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out_dir / "quant_demo.json", result)
     atomic_write_text(args.out_dir / "quant_demo.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

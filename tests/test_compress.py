@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.test_cli import assert_user_error, run
 from vitslim.compress.tokens import TokenPruneConfig
@@ -222,3 +223,57 @@ def test_info_recipe_lists_quantizer_sites(tmp_path: Path) -> None:
     assert quant["by_kind"]["post_softmax: adalog 4-bit"] == TINY_DEPTH
     assert quant["by_kind"]["weight: float"] == 1 and quant["by_kind"]["weight: uniform 4-bit"] == 4 * TINY_DEPTH + 1
     assert "quant_sites: " in result.output and "x post_gelu: adalog 4-bit" in result.output
+
+
+def test_verbose_logs_each_step_and_the_report_says_where(tmp_path: Path, image_folder: Path) -> None:
+    from click.testing import CliRunner
+
+    from vitslim.cli import cli
+
+    out = tmp_path / "out"
+    args = ["compress", *tiny(), "--recipe", "w8a8", "--data", str(image_folder), "--calib", str(image_folder)]
+    result = CliRunner().invoke(cli, ["--verbose", *args, *FAST, "--device", "cpu", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for line in (
+        "stage quant: w8a8 (32 calibration images, minmax search, GPTQ weights)",
+        "quantized 17 sites, minmax search on 6 images",
+        "GPTQ rounded 9 Linear weights",
+        "quant: exported model_quant.onnx",
+        "model_quant.onnx validation passed",
+        "quant: onnxruntime on CPUExecutionProvider, batch 2: p50",
+        "quant: pytorch on cpu, batch 1: p50",
+    ):
+        assert line in result.stderr, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["benchmark"]["device"] == "cpu"
+    assert report["benchmark"]["onnxruntime_providers"] == ["CPUExecutionProvider"]
+    devices = {(lat["runtime"], lat["device"]) for v in report["variants"] for lat in v["latency"]}
+    assert devices == {("pytorch", "cpu"), ("onnxruntime", "CPUExecutionProvider")}
+    assert "CPU " in (out / "report.md").read_text().split("## Latency (")[1].splitlines()[0]
+
+
+def test_quiet_and_verbose_exclude_each_other() -> None:
+    from click.testing import CliRunner
+
+    from vitslim.cli import cli
+
+    result = CliRunner().invoke(cli, ["--quiet", "--verbose", "info", *tiny()])
+    assert result.exit_code == 2 and "exclude each other" in result.output
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("mps", "not supported (use cpu, cuda, cuda:N or auto)"),
+        ("gpu0", "unknown device 'gpu0'"),
+        pytest.param(
+            "cuda",
+            "PyTorch sees no CUDA GPU",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU"),
+        ),
+    ],
+)
+def test_bad_device_is_one_line_before_anything_runs(tmp_path: Path, device: str, message: str) -> None:
+    out = tmp_path / "out"
+    assert_user_error(run("compress", *tiny(), "--recipe", "w8a8", "--device", device, "--out", str(out)), message)
+    assert not out.exists()

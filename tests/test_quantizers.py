@@ -336,6 +336,7 @@ def test_uniform_properties(bits, seed, symmetric, per_channel, method, outliers
     x = weight_data(seed, 12, 40, outliers) + offset
     q = UniformQuantizer(bits, symmetric=symmetric, channel_axis=0 if per_channel else None, method=method).calibrate(x)
     check_common(q, x)
+    assert torch.equal(q(x), q.dequantize(q.quantize(x)))  # the in-place fake-quant path is the codes path
     scale = q.scale if per_channel else q.scale.expand(12)
     assert q.scale.shape == ((12,) if per_channel else ())
     # error at most s/2 inside the representable (clipping) range

@@ -14,6 +14,7 @@ from hypothesis.extra.numpy import arrays
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.helpers import images, meaningful_vit, run, tiny_vit, uniform_cfg
+from vitslim.compress.hessian import relative_output_error
 from vitslim.compress.quant import QuantConfig, quantize_
 from vitslim.compress.sparsity import (
     SparsityConfig,
@@ -26,7 +27,6 @@ from vitslim.compress.sparsity import (
     sparsify_,
     to_semi_structured_,
 )
-from vitslim.compress.sparsity.calibration import relative_output_error
 from vitslim.errors import UserError
 from vitslim.export.onnx_export import export_onnx
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import shlex
 import sys
 import tempfile
@@ -102,6 +103,24 @@ def model_options(command: Callable) -> Callable:
 threads_option = click.option(
     "--threads", type=click.IntRange(min=0), default=0, show_default=True, help="Intra-op threads (0: all cores)."
 )
+
+
+def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Fail on a missing or unknown --device while parsing, before the (slow) model load."""
+    from vitslim.evaluate.device import resolve_device
+
+    resolve_device(value)
+    return value
+
+
+device_option = click.option(
+    "--device",
+    default="cpu",
+    callback=_check_device,
+    show_default=True,
+    help="Where PyTorch calibrates, evaluates and is timed: cpu, cuda, cuda:N or auto (CUDA when present); "
+    "ONNX Runtime uses its CUDA provider there when installed.",
+)
 batch_sizes_option = click.option(
     "--batch-sizes",
     default=DEFAULT_BATCH_SIZES,
@@ -151,11 +170,34 @@ def _command_line() -> str:
     return "vitslim " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
 
 
+class _EchoHandler(logging.Handler):
+    """Log records to the current stderr through click (which tests and pipes may replace)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record), err=True)
+
+
+def _configure_logging(verbose: bool) -> None:
+    """``vitslim`` log records at INFO (each step, its timing and result) with --verbose, else
+    warnings only."""
+    logger = logging.getLogger("vitslim")
+    for handler in [h for h in logger.handlers if isinstance(h, _EchoHandler)]:
+        logger.removeHandler(handler)
+    handler = _EchoHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
 @click.group(cls=VitslimGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vitslim")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def cli(quiet: bool) -> None:
+@click.option("--verbose", "-v", is_flag=True, help="Log each step with its timing and result (stderr).")
+def cli(quiet: bool, verbose: bool) -> None:
     """Compress, export and measure Vision Transformers after training."""
+    if quiet and verbose:
+        raise click.UsageError("--quiet and --verbose exclude each other")
+    _configure_logging(verbose)
 
 
 def _load_recipe(ctx: click.Context, param: click.Parameter, value: str | None) -> Recipe | None:
@@ -410,6 +452,7 @@ def export(
 @threads_option
 @batch_sizes_option
 @timing_options(runs=10, warmup=1)
+@device_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing, non-empty --out folder.")
 @json_option
 def demo(
@@ -417,6 +460,7 @@ def demo(
     limit: int,
     seed: int,
     threads: int,
+    device: str,
     batch_sizes: list[int],
     warmup: int,
     runs: int,
@@ -441,6 +485,7 @@ def demo(
         overwrite=overwrite,
         progress=_progress(),
         command=_command_line(),
+        device=device,
     )
     _finish_compress(report, out_dir, json_path)
 
@@ -459,6 +504,7 @@ def demo(
 )
 @batch_sizes_option
 @timing_options()
+@device_option
 @click.option(
     "--out",
     "out_dir",
@@ -480,6 +526,7 @@ def compress(
     batch_sizes: list[int],
     warmup: int,
     runs: int,
+    device: str,
     out_dir: Path,
     overwrite: bool,
     json_path: Path | None,
@@ -503,6 +550,7 @@ def compress(
         overwrite=overwrite,
         progress=_progress(),
         command=_command_line(),
+        device=device,
     )
     _finish_compress(report, out_dir, json_path)
 

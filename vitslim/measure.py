@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import datetime
-from dataclasses import dataclass
+import logging
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -14,6 +17,7 @@ from vitslim.calib import build_transform, load_dataset, make_loader
 from vitslim.compress.quant import is_quantized
 from vitslim.errors import UserError
 from vitslim.evaluate.accuracy import Outputs, collect_outputs, fidelity, ort_runner, topk_accuracy, torch_runner
+from vitslim.evaluate.device import describe_device, module_device, ort_providers
 from vitslim.evaluate.environment import environment
 from vitslim.evaluate.latency import (
     DEFAULT_RUNS,
@@ -27,6 +31,8 @@ from vitslim.export.manifest import precision_table
 from vitslim.export.onnx_export import DEFAULT_OPSET, export_onnx
 from vitslim.export.qdq import QDQ_OPSET, export_quantized_onnx
 from vitslim.models import LoadedModel
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -73,13 +79,20 @@ def score(outputs: Outputs, reference: Outputs | None, classifier: bool) -> dict
     }
 
 
+def _scores_text(scores: dict) -> str:
+    top1 = "" if scores["top1"] is None else f"top-1 {100 * scores['top1']:.2f}%, "
+    return f"{top1}agreement with fp32 {100 * scores['agreement']:.2f}%"
+
+
 def evaluate_torch(model: torch.nn.Module, data: EvalData, threads: int, progress: bool = True) -> Outputs:
     with torch_threads(resolve_threads(threads)):
         return collect_outputs(torch_runner(model), data.batches, desc="evaluate pytorch", progress=progress)
 
 
-def evaluate_onnx(path: str | Path, data: EvalData, threads: int, progress: bool = True) -> Outputs:
-    runner = ort_runner(str(path), threads=resolve_threads(threads))
+def evaluate_onnx(
+    path: str | Path, data: EvalData, threads: int, progress: bool = True, providers: list | None = None
+) -> Outputs:
+    runner = ort_runner(str(path), threads=resolve_threads(threads), providers=providers)
     return collect_outputs(runner, data.batches, desc="evaluate onnxruntime", progress=progress)
 
 
@@ -135,7 +148,10 @@ def model_summary(loaded: LoadedModel) -> dict:
 
 def export_variant(model: torch.nn.Module, path: Path, input_size: tuple[int, int, int]) -> tuple[Path, int, dict]:
     """Export ``model`` to ``path``: explicit Q/DQ when it is quantized, plain FP32 otherwise.
-    Returns the path, the opset and what the quantized export says about its sites."""
+    Returns the path, the opset and what the quantized export says about its sites. A model on a
+    GPU is exported from a CPU copy."""
+    if module_device(model).type != "cpu":
+        model = copy.deepcopy(model).cpu()
     if not is_quantized(model):
         return export_onnx(model, path, input_size, opset=DEFAULT_OPSET), DEFAULT_OPSET, {"format": "fp32"}
     export = export_quantized_onnx(model, path, input_size, opset=QDQ_OPSET)
@@ -161,9 +177,18 @@ class MeasureSettings:
     progress: bool = True
     warmup: int = DEFAULT_WARMUP
     runs: int = DEFAULT_RUNS
+    #: where PyTorch runs (the models are moved there by the caller); ONNX Runtime follows it
+    #: with its CUDA provider when that is installed
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def providers(self) -> list:
+        return ort_providers(self.device)
 
     def describe(self) -> dict:
         return {
+            "device": describe_device(self.device),
+            "onnxruntime_providers": [p if isinstance(p, str) else p[0] for p in self.providers],
             "threads": resolve_threads(self.threads),
             "batch_sizes": self.batch_sizes,
             "inputs": "random normal",
@@ -186,18 +211,46 @@ def measure_variant(
     classifier = loaded.num_classes > 0
     data, threads, progress = settings.data, settings.threads, settings.progress
     timing = {"warmup": settings.warmup, "runs": settings.runs}
+    start = time.perf_counter()
     outputs = evaluate_torch(model, data, threads, progress)
+    scores = score(outputs, reference, classifier)
+    log.info("%s: PyTorch %s (%.1f s)", name, _scores_text(scores), time.perf_counter() - start)
+    start = time.perf_counter()
     onnx_path, opset, export_info = export_variant(model, settings.out_dir / f"model_{name}.onnx", loaded.input_size)
-    onnx_outputs = evaluate_onnx(onnx_path, data, threads, progress)
+    log.info(
+        "%s: exported %s, %.1f MB (%.1f s)",
+        name,
+        onnx_path.name,
+        onnx_path.stat().st_size / 1e6,
+        time.perf_counter() - start,
+    )
+    onnx_outputs = evaluate_onnx(onnx_path, data, threads, progress, settings.providers)
+    parity = onnx_parity(outputs, onnx_outputs, onnx_path, opset, classifier)
+    log.info(
+        "%s: ONNX Runtime vs PyTorch: agreement %.2f%%, max abs diff %.3g",
+        name,
+        100 * parity["top1_agreement"],
+        parity["max_abs_diff"],
+    )
     latency = bench_torch(model, loaded.input_size, settings.batch_sizes, threads, progress=progress, **timing)
-    latency += bench_ort(str(onnx_path), loaded.input_size, settings.batch_sizes, threads, progress=progress, **timing)
+    latency += bench_ort(
+        str(onnx_path),
+        loaded.input_size,
+        settings.batch_sizes,
+        threads,
+        progress=progress,
+        providers=settings.providers,
+        **timing,
+    )
+    for entry in latency:
+        log.info("%s: %s on %s, batch %d: p50 %.2f ms", name, entry.runtime, entry.device, entry.batch, entry.p50_ms)
     variant = {
         "name": name,
         "description": description,
         "evaluated_with": "pytorch",
-        **score(outputs, reference, classifier),
+        **scores,
         "size_bytes": onnx_path.stat().st_size,
-        "onnx": {**onnx_parity(outputs, onnx_outputs, onnx_path, opset, classifier), **export_info},
+        "onnx": {**parity, **export_info},
         "latency": [entry.to_dict() for entry in latency],
     }
     return variant, outputs

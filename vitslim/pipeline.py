@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ from vitslim.compress.sparsity import SparsityConfig, check_24, onnx_24_report, 
 from vitslim.compress.tokens import TokenMergeConfig, TokenPruneConfig, apply_token_reduction, estimate_flops
 from vitslim.errors import UserError
 from vitslim.evaluate.accuracy import Outputs
+from vitslim.evaluate.device import resolve_device
 from vitslim.evaluate.latency import DEFAULT_RUNS, DEFAULT_WARMUP
 from vitslim.export.manifest import write_manifest
 from vitslim.export.stages import ExportStage, ValidateStage
@@ -29,6 +32,7 @@ from vitslim.models import LoadedModel
 from vitslim.recipes import Recipe
 from vitslim.report import write_report
 
+log = logging.getLogger(__name__)
 EVAL_BATCH_SIZE = 32
 FLOPS_NOTE = (
     "block_flops_per_image counts the attention and MLP of the transformer blocks on the tokens each block "
@@ -133,7 +137,10 @@ def build_variants(model: torch.nn.Module, recipe: Recipe, ctx: StageContext) ->
         if stage not in STAGE_APPLIERS:  # export / validate act on the exported files
             continue
         model = copy.deepcopy(model)
-        variants.append((stage, STAGE_APPLIERS[stage](model, cfg, ctx), model))
+        start = time.perf_counter()
+        description = STAGE_APPLIERS[stage](model, cfg, ctx)
+        log.info("stage %s: %s (%.1f s)", stage, description, time.perf_counter() - start)
+        variants.append((stage, description, model))
     return variants
 
 
@@ -201,6 +208,11 @@ def validate_export(
         floor = noise_floor(model, settings.data, outputs, settings.threads, settings.progress)
     reasons = stage.failures(onnx, None if floor is None else floor["agreement"])
     onnx["validation"] = {**stage.to_dict(), "passed": not reasons, "reasons": reasons, "noise_floor_measured": floor}
+    if floor is not None:
+        log.info("%s: PyTorch noise floor, agreement with itself %.2f%%", variant["name"], 100 * floor["agreement"])
+    log.info(
+        "%s: %s validation %s", variant["name"], onnx["file"], "failed: " + "; ".join(reasons) if reasons else "passed"
+    )
     if not reasons:
         return None
     path = settings.out_dir / onnx["file"]
@@ -306,16 +318,31 @@ def compress(
     overwrite: bool = False,
     progress: bool = True,
     command: str = "",
+    device: str = "cpu",
 ) -> dict:
     """Run ``recipe`` on ``loaded`` and write report.json, report.md, report.html, manifest.json and
     one ONNX model per variant into ``out`` (``model_<variant>.failed.onnx`` when it failed the
     ``validate`` stage; the report's ``validation_failures`` says why). The folder appears only
     when the run finished; an existing non-empty ``out`` is refused unless ``overwrite``. ``data``
     and ``calib`` default to the model's own evaluation and calibration data (the demo's
-    Fashion-MNIST test and train splits). Returns the report dict."""
+    Fashion-MNIST test and train splits). ``device`` (``cpu``, ``cuda[:N]``, ``auto``) is where
+    PyTorch calibrates, evaluates and is timed (``loaded.model`` is moved there); ONNX Runtime
+    uses its CUDA provider there when installed. Returns the report dict."""
+    torch_device = resolve_device(device)
     with staged_output_dir(out, overwrite=overwrite) as staging:
         eval_data = load_eval_data(loaded, data, limit, seed, eval_batch_size)
-        settings = MeasureSettings(eval_data, staging, threads, list(batch_sizes), progress, warmup, runs)
+        log.info(
+            "%s, recipe %s on %s: %d images of %s",
+            loaded.name,
+            recipe.name,
+            torch_device,
+            eval_data.samples,
+            eval_data.name,
+        )
+        loaded.model.to(torch_device)
+        settings = MeasureSettings(
+            eval_data, staging, threads, list(batch_sizes), progress, warmup, runs, device=torch_device
+        )
         ctx = StageContext(loaded, calib, seed, progress, eval_batch_size)
         report = run_recipe(loaded, recipe, settings, ctx, command)
         write_report(staging, report)

@@ -25,21 +25,24 @@ class Outputs:
 
 
 def torch_runner(model: torch.nn.Module) -> Runner:
-    """Run a PyTorch model without gradients."""
+    """Run a PyTorch model without gradients, on its own device (outputs come back to the CPU)."""
+    from vitslim.evaluate.device import module_device
+
     model.eval()
+    device = module_device(model)
 
     def run(images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return model(images).float()
+            return model(images.to(device)).float().cpu()
 
     return run
 
 
-def ort_runner(path: str, threads: int = 0) -> Runner:
-    """Run an exported ONNX model in ONNX Runtime (CPU)."""
+def ort_runner(path: str, threads: int = 0, providers: list | None = None) -> Runner:
+    """Run an exported ONNX model in ONNX Runtime (CPU unless ``providers`` say otherwise)."""
     from vitslim.evaluate.runtimes import ort_session
 
-    session = ort_session(path, threads=threads)
+    session = ort_session(path, threads=threads, providers=providers)
     input_name = session.get_inputs()[0].name
 
     def run(images: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import time
@@ -33,6 +34,8 @@ class Latency:
     p99_ms: float
     mean_ms: float
     images_per_s: float
+    #: where it ran: a PyTorch device (``cpu``, ``cuda:0``) or an ONNX Runtime execution provider
+    device: str = "cpu"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,6 +54,7 @@ def time_calls(
     warmup: int = DEFAULT_WARMUP,
     runs: int = DEFAULT_RUNS,
     max_seconds: float = DEFAULT_MAX_SECONDS,
+    device: str = "cpu",
 ) -> Latency:
     """Call ``fn`` ``warmup`` times untimed, then up to ``runs`` times (at least MIN_RUNS, stopping
     once ``max_seconds`` of timed calls have passed) and summarise the per-call times."""
@@ -74,6 +78,7 @@ def time_calls(
         float(p99),
         statistics.fmean(times),
         batch * 1000.0 / float(p50),
+        device,
     )
 
 
@@ -96,14 +101,24 @@ def bench_torch(
     progress: bool = True,
     **timing: float,
 ) -> list[Latency]:
-    """PyTorch eager latency of ``model`` on random inputs for each batch size."""
+    """PyTorch eager latency of ``model`` on random inputs for each batch size, on the model's
+    device (synchronised after every call on a GPU)."""
+    from vitslim.evaluate.device import module_device, synchronize
+
     threads = resolve_threads(threads)
+    device = module_device(model)
     results = []
     model.eval()
+
+    def call(x: torch.Tensor) -> None:
+        model(x)
+        synchronize(device)
+
     with torch_threads(threads), torch.no_grad():
         for batch in tqdm(batch_sizes, desc="bench pytorch", unit="batch size", disable=not progress, leave=False):
-            x = torch.randn(batch, *input_size)
-            results.append(time_calls(lambda: model(x), "pytorch", batch, threads, **timing))  # noqa: B023
+            x = torch.randn(batch, *input_size, device=device)
+            run = functools.partial(call, x)
+            results.append(time_calls(run, "pytorch", batch, threads, device=str(device), **timing))
     return results
 
 
@@ -113,16 +128,20 @@ def bench_ort(
     batch_sizes: list[int],
     threads: int = 0,
     progress: bool = True,
+    providers: list | None = None,
     **timing: float,
 ) -> list[Latency]:
-    """ONNX Runtime (CPU EP) latency of the model at ``path`` for each batch size."""
+    """ONNX Runtime latency of the model at ``path`` for each batch size (CPU execution provider
+    unless ``providers`` say otherwise; each entry names the provider that ran)."""
     from vitslim.evaluate.runtimes import ort_session
 
     threads = resolve_threads(threads)
-    session = ort_session(path, threads=threads)
+    session = ort_session(path, threads=threads, providers=providers)
+    provider = session.get_providers()[0]
     name = session.get_inputs()[0].name
     results = []
     for batch in tqdm(batch_sizes, desc="bench onnxruntime", unit="batch size", disable=not progress, leave=False):
         feed = {name: np.random.default_rng(0).standard_normal((batch, *input_size), dtype=np.float32)}
-        results.append(time_calls(lambda: session.run(None, feed), "onnxruntime", batch, threads, **timing))  # noqa: B023
+        run = functools.partial(session.run, None, feed)
+        results.append(time_calls(run, "onnxruntime", batch, threads, device=provider, **timing))
     return results

@@ -8,9 +8,10 @@ import onnxruntime as ort
 
 
 def ort_session(
-    path: str | Path | bytes, threads: int = 0, providers: list[str] | None = None, optimize: bool = True
+    path: str | Path | bytes, threads: int = 0, providers: list | None = None, optimize: bool = True
 ) -> ort.InferenceSession:
-    """An ONNX Runtime session on ``path`` (a file or serialized model); ``threads`` = 0: ORT picks.
+    """An ONNX Runtime session on ``path`` (a file or serialized model); ``threads`` = 0: ORT picks;
+    ``providers``: execution providers (names or ``(name, options)``), default the CPU one.
     ``optimize=False`` turns ORT's graph optimizations off: Q/DQ pairs then run as written (float
     emulation) instead of being fused into integer kernels."""
     options = ort.SessionOptions()

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from vitslim.errors import UserError
-from vitslim.report.markdown import device_line, fmt_mb, fmt_pct, md_table
+from vitslim.report.markdown import device_line, fmt_mb, fmt_pct, md_table, report_device
 from vitslim.report.writer import validate_report
 
 
@@ -51,7 +51,7 @@ def render_comparison(runs: list[tuple[str, dict]], runtime: str = "onnxruntime"
                 row.append("n/a" if ms is None else f"{ms:.2f}" + (f" ({base / ms:.2f}x)" if base else ""))
             rows.append(row)
     lines = ["# vitslim comparison", ""]
-    lines += [f"- **{label}**: {device_line(report['environment'])}" for label, report in runs]
+    lines += [f"- **{label}**: {device_line(report['environment'], report_device(report))}" for label, report in runs]
     lines += ["", *md_table(header, rows), ""]
     lines.append("Latency ratios are within one run (same machine, same session); compare across runs with care.")
     return "\n".join(lines) + "\n"

@@ -13,6 +13,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from vitslim.report.markdown import report_device, where_measured  # noqa: E402
+
 COLORS = plt.get_cmap("tab10").colors
 
 
@@ -31,8 +33,7 @@ def _png(fig: plt.Figure) -> bytes:
 
 
 def device_label(report: dict) -> str:
-    env = report["environment"]
-    return env.get("cuda") or f"CPU {env.get('cpu')} ({env.get('logical_cores')} cores)"
+    return where_measured(report["environment"], report_device(report))
 
 
 def data_label(report: dict) -> str:

@@ -20,10 +20,23 @@ def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def device_line(env: dict) -> str:
-    device = env.get("cuda") or f"CPU {env.get('cpu')} ({env.get('logical_cores')} logical cores)"
+def where_measured(env: dict, device: str = "cpu") -> str:
+    """The CPU of ``env``, or the GPU when the run's ``device`` was one (``cuda:0 (name)``): a GPU
+    in the machine that the run did not use is not named."""
+    if device.startswith("cuda"):
+        return f"GPU {device}"
+    return f"CPU {env.get('cpu')} ({env.get('logical_cores')} logical cores)"
+
+
+def report_device(report: dict) -> str:
+    """Where a report's PyTorch work ran (``cpu`` for reports written before ``--device``)."""
+    return report.get("benchmark", {}).get("device", "cpu")
+
+
+def device_line(env: dict, device: str = "cpu") -> str:
+    """Machine line of a report or benchmark: where it ran, OS, Python and library versions."""
     versions = ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items() if v)
-    return f"{device}; {env.get('os')}; Python {env.get('python')}; {versions}"
+    return f"{where_measured(env, device)}; {env.get('os')}; Python {env.get('python')}; {versions}"
 
 
 def render_markdown(report: dict) -> str:
@@ -36,7 +49,7 @@ def render_markdown(report: dict) -> str:
         f"- **Model**: {model['name']} ({model.get('source', 'unknown source')}), "
         f"{model.get('parameters', 0) / 1e6:.2f} M parameters, input {'x'.join(map(str, model.get('input_size', [])))}",
         f"- **Data**: {data_line}",
-        f"- **Device**: {device_line(env)}",
+        f"- **Device**: {device_line(env, report_device(report))}",
     ]
     if report.get("command"):
         lines.append(f"- **Command**: `{report['command']}`")
@@ -123,7 +136,7 @@ def render_markdown(report: dict) -> str:
                 ]
             )
     if rows:
-        device = env.get("cuda") or f"CPU {env.get('cpu')}"
+        device = where_measured(env, report_device(report))
         lines += ["", f"## Latency ({device}; random inputs; median and p90 of timed runs after warm-up)", ""]
         lines += md_table(
             [

@@ -257,7 +257,7 @@ def _check_spec(kind: str, spec: SiteSpec, where: str) -> None:
 PRESETS = {
     "w8a8": lambda: QuantConfig.uniform(8, 8),
     "w6a6": lambda: QuantConfig.uniform(6, 6),
-    "w6a6-log": lambda: QuantConfig.log(6, 6, softmax="logsqrt2", gelu=None),
+    "w6a6-log": lambda: QuantConfig.log(6, 6, softmax="logsqrt2", gelu="adalog", ln_reparam="mad"),
     "w4a4-uniform": lambda: QuantConfig.uniform(4, 4),
     "w4a4-adalog": lambda: QuantConfig.log(4, 4, softmax="adalog", gelu="adalog"),
     "w4a4-tanq": lambda: QuantConfig.log(4, 4, softmax="tanq", gelu=None),

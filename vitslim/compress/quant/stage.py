@@ -28,7 +28,18 @@ from .config import QuantConfig, suggest
 
 __all__ = ["QuantStage"]
 
-STAGE_KEYS = ("preset", "config", "images", "search", "objective", "sequential", "samples", "keep", "mixed_precision")
+STAGE_KEYS = (
+    "preset",
+    "config",
+    "images",
+    "search",
+    "objective",
+    "sequential",
+    "samples",
+    "keep",
+    "gptq",
+    "mixed_precision",
+)
 #: Calibration images used when a recipe does not say (the issue's 32-128 range, cheap end).
 DEFAULT_IMAGES = 32
 
@@ -42,7 +53,7 @@ def _positive_int(value: Any, what: str) -> int:
 @dataclass(frozen=True)
 class QuantStage:
     """What ``quantize_`` is called with: ``config``, calibration on ``images`` seeded images
-    with ``search`` / ``objective`` / ``sequential`` / ``samples`` / ``keep`` (see ``quantize_``)."""
+    with ``search`` / ``objective`` / ``sequential`` / ``samples`` / ``keep`` / ``gptq`` (see ``quantize_``)."""
 
     config: QuantConfig = field(default_factory=QuantConfig)
     preset: str | None = None
@@ -52,6 +63,7 @@ class QuantStage:
     sequential: bool = False
     samples: int = 2048
     keep: int = 8
+    gptq: bool = False
     mixed_precision: MixedPrecisionConfig | None = None
 
     def __post_init__(self) -> None:
@@ -59,14 +71,16 @@ class QuantStage:
         check_choice("objective", self.objective, OBJECTIVES)
         for name in ("images", "samples", "keep"):
             _positive_int(getattr(self, name), name)
-        if not isinstance(self.sequential, bool):
-            raise UserError(f"sequential must be true or false, got {self.sequential!r}")
+        for name in ("sequential", "gptq"):
+            if not isinstance(getattr(self, name), bool):
+                raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
     def describe(self) -> str:
         """A short human description, e.g. ``w8a8, 32 calibration images, mse search``."""
         bits = f"W{_bits(self.config.weight)}A{_bits(self.config.post_ln)}"
         what = self.preset or f"custom {bits}"
-        how = f"{self.images} calibration images, {self.search} search" + (", sequential" if self.sequential else "")
+        how = f"{self.images} calibration images, {self.search} search"
+        how += (", sequential" if self.sequential else "") + (", GPTQ weights" if self.gptq else "")
         mp = self.mixed_precision
         if mp is not None:
             bound = (
@@ -83,6 +97,7 @@ class QuantStage:
             "sequential": self.sequential,
             "samples": self.samples,
             "keep": self.keep,
+            "gptq": self.gptq,
         }
 
     def apply(self, model: nn.Module, calibration: list, *, progress: bool = True, seed: int = 0) -> BitPlan | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -10,16 +11,20 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from vitslim.compress.hessian import calibration_stages, collect_hessians, relative_output_error
+from vitslim.compress.quant.calibration import run_until
 from vitslim.compress.quant.placement import is_quantized
 from vitslim.errors import UserError
 
-from .calibration import calibration_stages, calibration_subset, collect_hessians, relative_output_error, run_until
+from .calibration import calibration_subset
 from .config import SparsityConfig
 from .methods import SparsityMethod, get_sparsity_method
 from .pattern import zero_fraction
 from .selection import select_layers
 
 __all__ = ["sparsify_"]
+
+log = logging.getLogger(__name__)
 
 
 def _prune(layer: nn.Linear, hessian: Tensor | None, method: SparsityMethod, cfg: SparsityConfig) -> dict[str, Any]:
@@ -99,6 +104,9 @@ def sparsify_(
     seconds = time.perf_counter() - start
     weights = [layer.weight for layer in selection.layers.values()]
     zeros = sum(zero_fraction(w) * w.numel() for w in weights)
+    errors = [r["relative_error"] for r in layers.values() if r["relative_error"] is not None]
+    mean_error = f", mean relative output error {sum(errors) / len(errors):.4f}" if errors else ""
+    log.info("2:4 %s on %d layers (%.1f s)%s", method.name, len(layers), seconds, mean_error)
     return {
         "method": method.name,
         "config": cfg.to_dict(),
