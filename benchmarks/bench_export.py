@@ -76,6 +76,35 @@ class _Reader:
         return next(self.items, None)
 
 
+def ort_quantizer_input(fp32: Path) -> Path:
+    """A copy of an FP32 export without value_info (``<name>-plain.onnx``): ORT's quantizers re-run
+    shape inference, which trips over the exporter's value_info."""
+    plain = fp32.with_name(fp32.stem + "-plain.onnx")
+    proto = onnx.load(str(fp32))
+    del proto.graph.value_info[:]
+    onnx.save(proto, str(plain))
+    return plain
+
+
+def ort_quantize_static(plain: Path, out: Path, calib: list[torch.Tensor]) -> Path:
+    """ONNX Runtime's own W8A8 of an FP32 model (:func:`ort_quantizer_input`): ``quantize_static``,
+    QDQ, per-channel int8 weights, uint8 activations (MinMax) on the MatMul/Gemm/Conv inputs,
+    calibrated on ``calib``."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    quantize_static(
+        str(plain),
+        str(out),
+        _Reader(calib, "input"),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul", "Gemm", "Conv"],
+    )
+    return out
+
+
 def runtime_kernels(path: Path, threads: int) -> dict[str, int]:
     """Op types ONNX Runtime runs after its own graph optimisations (ORT_ENABLE_ALL)."""
     import onnx
@@ -95,29 +124,15 @@ def build_variants(
     loaded: LoadedModel, calib: list[torch.Tensor], folder: Path, data: EvalData, search: str, threads: int
 ) -> list[dict]:
     """Export every variant; returns rows with the file path and (ours) the PyTorch validation."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     size = loaded.input_size
     first, _ = next(iter(data.batches))
     rows = []
     fp32 = export_onnx(loaded.model, folder / "fp32.onnx", size)
     rows.append({"name": "fp32", "description": "FP32 export", "path": fp32})
-    # ORT's quantizers re-run shape inference, which trips over the exporter's value_info: hand them a copy without
-    plain = folder / "fp32-plain.onnx"
-    proto = onnx.load(str(fp32))
-    del proto.graph.value_info[:]
-    onnx.save(proto, str(plain))
-    static = folder / "ort-static-qdq.onnx"
-    quantize_static(
-        str(plain),
-        str(static),
-        _Reader(calib, "input"),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=["MatMul", "Gemm", "Conv"],
-    )
+    plain = ort_quantizer_input(fp32)
+    static = ort_quantize_static(plain, folder / "ort-static-qdq.onnx", calib)
     rows.append(
         {"name": "ort-static-qdq", "description": "ORT quantize_static (QDQ, per-channel, MinMax)", "path": static}
     )

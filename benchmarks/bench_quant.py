@@ -25,8 +25,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import onnx
-
 from vitslim.compress.quant.stage import QuantStage
 from vitslim.evaluate.environment import environment
 from vitslim.export.onnx_export import export_onnx
@@ -58,26 +56,12 @@ def quant_stage(entry: str, images: int) -> QuantStage:
 
 def ort_static_row(loaded, data, calib: list, threads: int, reference) -> dict:
     """ONNX Runtime's quantize_static W8A8 of the FP32 export, scored in ONNX Runtime."""
-    from bench_export import _Reader  # the same calibration reader as the export benchmark
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from bench_export import ort_quantize_static, ort_quantizer_input  # the export benchmark's peer
 
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_onnx(loaded.model, Path(tmp) / "fp32.onnx", loaded.input_size)
-        proto = onnx.load(str(fp32))
-        del proto.graph.value_info[:]  # ORT's quantizer re-runs shape inference and trips over it
-        onnx.save(proto, str(fp32))
-        static = Path(tmp) / "ort-static.onnx"
         start = time.perf_counter()
-        quantize_static(
-            str(fp32),
-            str(static),
-            _Reader(calib, "input"),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=["MatMul", "Gemm", "Conv"],
-        )
+        static = ort_quantize_static(ort_quantizer_input(fp32), Path(tmp) / "ort-static.onnx", calib)
         seconds = time.perf_counter() - start
         outputs = evaluate_onnx(static, data, threads)
     return {

@@ -43,6 +43,8 @@ def check_report(report: dict, out: Path) -> None:
         # value across a rounding boundary (one code step); log/tan sites are emulated (test_export_qdq).
         limit = 1e-3 if variant["quantization"] is None else 5e-2
         assert variant["onnx"]["max_abs_diff"] < limit, variant["onnx"]
+        if variant["quantization"] is None:  # token-merged float graphs skip the exporter's slow optimizer
+            assert variant["onnx"]["graph_optimized"] is (variant["tokens_per_layer"] == fp32["tokens_per_layer"])
         assert {(lat["runtime"], lat["batch"]) for lat in variant["latency"]} == {
             (runtime, batch) for runtime in ("pytorch", "onnxruntime") for batch in (1, 2)
         }
@@ -66,6 +68,9 @@ def check_report(report: dict, out: Path) -> None:
     if "quant" in stages:
         cfg = report["recipe"]["stages"]["quant"]["config"]
         sites = variants[-1]["quantization"]["sites"]
+        gptq = variants[-1]["quantization"]["gptq"]  # recorded when the recipe rounds with GPTQ
+        assert (gptq is not None) == report["recipe"]["stages"]["quant"]["gptq"]
+        assert gptq is None or len(gptq["layers"]) == 4 * TINY_DEPTH + 1  # qkv, proj, fc1, fc2 per block + head
         mixed = report["recipe"]["stages"]["quant"]["mixed_precision"]
         weight_bits = {s["bits"] for s in sites.values() if s["kind"] == "weight"}
         if mixed is None:

@@ -149,7 +149,7 @@ def quant_summary(model: torch.nn.Module) -> dict[str, Any] | None:
     info = quantization_info(model)
     if info is None:
         return None
-    summary = {k: info[k] for k in ("config", "search", "objective", "sequential", "seed", "images")}
+    summary = {k: info[k] for k in ("config", "search", "objective", "sequential", "seed", "images", "gptq")}
     summary["sites"] = {
         name: {"kind": p.kind, "quantizer": p.quantizer.name, "bits": p.quantizer.bits}
         for name, p in quant_points(model).items()

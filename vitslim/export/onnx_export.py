@@ -26,12 +26,14 @@ def export_onnx(
     *,
     opset: int = DEFAULT_OPSET,
     dynamic_batch: bool = True,
+    optimize: bool = True,
 ) -> Path:
     """Export ``model`` (eval mode, CPU) to ``path`` with input ``input`` and output ``output``.
 
-    The batch dimension is dynamic unless ``dynamic_batch`` is false. The file is written to a
-    temporary name in the same folder and renamed, so a failed export leaves nothing behind.
-    A model the exporter cannot trace raises a UserError.
+    The batch dimension is dynamic unless ``dynamic_batch`` is false. ``optimize`` runs the
+    exporter's ONNX graph optimizer (constant folding, fusions; ONNX Runtime does its own at
+    load). The file is written to a temporary name in the same folder and renamed, so a failed
+    export leaves nothing behind. A model the exporter cannot trace raises a UserError.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,6 +54,7 @@ def export_onnx(
                 output_names=["output"],
                 dynamic_shapes=dynamic_shapes,
                 external_data=False,
+                optimize=optimize,
             )
             program.save(tmp)
         onnx.checker.check_model(tmp)

@@ -78,7 +78,8 @@ def quantize_(
     layer's output, ``sequential`` block by block, about ``samples`` tokens kept per site,
     ``keep`` candidates re-scored per site) and, with ``gptq``, GPTQ rounding of the Linear
     weights on their calibrated grids (:mod:`~vitslim.compress.quant.gptq`) instead of
-    round-to-nearest (its Hessians block by block too when ``sequential``). Deterministic for a given ``seed``.
+    round-to-nearest (its Hessians block by block too when ``sequential``). Deterministic for a
+    given ``seed``.
     """
     cfg = cfg if isinstance(cfg, QuantConfig) else QuantConfig.from_dict(cfg)
     check_choice("search", search, SEARCHES)
