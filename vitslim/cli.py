@@ -469,13 +469,13 @@ def demo(
 ) -> None:
     """The whole pipeline on the embedded demo model: fp32, then each cumulative stage of the
     `full` recipe (ToMe, 2:4, mixed-precision PTQ), exported, validated and measured."""
-    from vitslim.pipeline import compress as run_compress
     from vitslim.recipes import load_recipe
 
-    report = run_compress(
+    _compress_and_report(
         load_model("demo"),
         load_recipe(DEMO_RECIPE),
         out_dir,
+        json_path,
         limit=limit,
         seed=seed,
         threads=threads,
@@ -483,11 +483,8 @@ def demo(
         warmup=warmup,
         runs=runs,
         overwrite=overwrite,
-        progress=_progress(),
-        command=_command_line(),
         device=device,
     )
-    _finish_compress(report, out_dir, json_path)
 
 
 @cli.command()
@@ -532,12 +529,11 @@ def compress(
     json_path: Path | None,
 ) -> None:
     """Apply a recipe's stages and measure fp32 and each cumulative stage (accuracy, fidelity, ONNX, latency)."""
-    from vitslim.pipeline import compress as run_compress
-
-    report = run_compress(
+    _compress_and_report(
         loaded,
         recipe,
         out_dir,
+        json_path,
         data=data,
         calib=calib,
         limit=limit,
@@ -548,17 +544,19 @@ def compress(
         warmup=warmup,
         runs=runs,
         overwrite=overwrite,
-        progress=_progress(),
-        command=_command_line(),
         device=device,
     )
-    _finish_compress(report, out_dir, json_path)
 
 
-def _finish_compress(report: dict, out_dir: Path, json_path: Path | None) -> None:
-    """Print the report and what was written; exit 4 when an export failed validation."""
+def _compress_and_report(
+    loaded: LoadedModel, recipe: Recipe, out_dir: Path, json_path: Path | None, **options: Any
+) -> None:
+    """Run the compress pipeline (progress bars unless --quiet, this command line recorded), print
+    the report and what was written; exit 4 when an export failed validation."""
+    from vitslim.pipeline import compress as run_compress
     from vitslim.report.markdown import render_markdown
 
+    report = run_compress(loaded, recipe, out_dir, progress=_progress(), command=_command_line(), **options)
     click.echo(render_markdown(report))
     onnx_files = ", ".join(v["onnx"]["file"] for v in report["variants"])
     click.echo(f"wrote report.json, report.md, report.html, manifest.json and {onnx_files} into {out_dir}")

@@ -71,17 +71,19 @@ def collect_hessians(layers: Mapping[str, nn.Linear]) -> Iterator[dict[str, Tens
     dict, keyed by layer name."""
     hessians: dict[str, Tensor] = {}
 
-    def accumulate(name: str, layer: nn.Module, x: Tensor) -> None:
-        point = layer._modules.get("input_quant")
-        rows = (x if point is None else point(x)).detach().reshape(-1, x.shape[-1]).float()
+    def accumulate(name: str, x: Tensor) -> None:
+        rows = x.detach().reshape(-1, x.shape[-1]).float()
         if name not in hessians:
             hessians[name] = torch.zeros(rows.shape[1], rows.shape[1], device=rows.device)
         hessians[name].addmm_(rows.T, rows)
 
-    handles = [
-        layer.register_forward_pre_hook(lambda m, args, name=name: accumulate(name, m, args[0]))
-        for name, layer in layers.items()
-    ]
+    handles = []
+    for name, layer in layers.items():
+        point = layer._modules.get("input_quant")
+        if point is None:
+            handles.append(layer.register_forward_pre_hook(lambda _m, args, name=name: accumulate(name, args[0])))
+        else:  # the quantized input, as the layer's own forward computes it (not computed again)
+            handles.append(point.register_forward_hook(lambda _m, _args, out, name=name: accumulate(name, out)))
     try:
         yield hessians
     finally:
