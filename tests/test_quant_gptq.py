@@ -38,12 +38,22 @@ def test_gptq_beats_nearest_on_correlated_inputs_and_stays_on_the_grid(bits: int
     assert relative_output_error(w, rounded, x.T @ x) < 0.5 * relative_output_error(w, q(w), x.T @ x)
 
 
-def test_gptq_keeps_zero_weights() -> None:
+@pytest.mark.parametrize("act_order", [True, False])
+def test_gptq_keeps_zero_weights(act_order: bool) -> None:
     w, x = correlated_layer(1)
     w[:, ::4] = 0.0
     w[:, 1::4] = 0.0
-    rounded = gptq_round(w, x.T @ x, weight_quantizer(w, 4))
+    rounded = gptq_round(w, x.T @ x, weight_quantizer(w, 4), act_order=act_order)
     assert holds_24(rounded) and (rounded[w == 0] == 0).all()
+
+
+def test_act_order_helps_with_outlier_input_channels() -> None:
+    """Rounding the high-energy columns first leaves the error where it can still be absorbed."""
+    w, x = correlated_layer(2)
+    x[:, 40:44] *= 30.0  # a few outlier channels, as after a LayerNorm or GELU
+    h, q = x.T @ x, weight_quantizer(w, 4)
+    errors = {order: relative_output_error(w, gptq_round(w, h, q, act_order=order), h) for order in (True, False)}
+    assert errors[True] < 0.9 * errors[False], errors
 
 
 def test_quantize_with_gptq_lowers_the_output_error_and_records_it() -> None:

@@ -223,6 +223,7 @@ def test_config_round_trip_and_presets():
         (lambda: QuantConfig(qk=SiteSpec("uniform", 8, {"channel_axis": 1})), "channel_axis -1"),
         (lambda: QuantConfig(ln_reparam="meen"), "did you mean 'mean'"),
         (lambda: QuantConfig(ln_reparam="mean", post_ln=None), "uniform post_ln"),
+        (lambda: QuantConfig(attn_reparam="madd"), "did you mean 'mad'"),
         (lambda: QuantConfig.preset("w4a4"), "did you mean"),
         (lambda: QuantConfig(overrides={"head.*": SiteSpec("adalog", 4)}).spec_for(find_sites(tiny_vit())[-1]), "head"),
     ],

@@ -20,6 +20,7 @@ from vitslim.compress.quant import (
     quantize_,
     remove_quantization,
     reparam_record,
+    reparameterize_attentions,
     reparameterize_layernorms,
 )
 
@@ -61,6 +62,46 @@ def test_layernorm_fold_adds_missing_biases():
     assert model.blocks[1].attn.qkv.bias is not None and model.blocks[0].attn.qkv.bias is None
     assert reparam_record(model)["layernorm"]["bias_added"] == ["blocks.1.attn.qkv"]
     assert rel_diff(run(model, x), ref) <= 1e-4
+
+
+ATTENTIONS = ("blocks.0.attn", "blocks.1.attn")
+
+
+def proj_inputs(model: torch.nn.Module, x: torch.Tensor, attn: str) -> torch.Tensor:
+    seen = []
+    handle = model.get_submodule(f"{attn}.proj").register_forward_pre_hook(lambda _m, i: seen.append(i[0]))
+    run(model, x)
+    handle.remove()
+    return seen[0].reshape(-1, seen[0].shape[-1])
+
+
+def test_attention_output_fold_keeps_float_outputs(tiny_family):
+    model = meaningful_vit(tiny_family, ln_spread=True)
+    x = images(4)
+    ref = run(model, x)
+    assert reparameterize_attentions(model, [x], dict.fromkeys(ATTENTIONS, 6), target="mad") == list(ATTENTIONS)
+    assert rel_diff(run(model, x), ref) <= 1e-4
+    assert reparam_record(model)["attention"]["attentions"] == list(ATTENTIONS)
+
+
+def test_attention_output_fold_helps_per_tensor_quantization_and_adds_missing_biases():
+    model = meaningful_vit("vit", ln_spread=True, qkv_bias=False)
+    x = images(4)
+    ref = run(model, x)
+
+    @torch.no_grad()
+    def proj_error() -> float:
+        """Relative error of proj's output with its input 4-bit per-tensor quantized."""
+        inp, proj = proj_inputs(model, x, "blocks.1.attn"), model.blocks[1].attn.proj
+        q = UniformQuantizer(4).calibrate(inp)
+        return float((proj(q(inp)) - proj(inp)).norm() / proj(inp).norm())
+
+    before = proj_error()
+    reparameterize_attentions(model, [x], {"blocks.1.attn": 4}, target="mean")
+    assert model.blocks[1].attn.qkv.bias is not None and model.blocks[0].attn.qkv.bias is None
+    assert reparam_record(model)["attention"]["bias_added"] == ["blocks.1.attn.qkv"]
+    assert rel_diff(run(model, x), ref) <= 1e-4
+    assert proj_error() < 0.8 * before
 
 
 def test_fold_aligns_every_channel_to_the_target_range():

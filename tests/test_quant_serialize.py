@@ -24,8 +24,8 @@ from vitslim.compress.tokens import TokenMergeConfig, apply_token_reduction
 from vitslim.errors import UserError
 
 CASES = {
-    # LN reparam adds qkv biases, GELU shift folded, AdaLog on post-softmax and post-GELU
-    "vit-nobias-adalog": ("vit", {"qkv_bias": False}, lambda: QuantConfig.log(4, 4)),
+    # LN reparam adds qkv biases, attention outputs and GELU shift folded, AdaLog on post-softmax and post-GELU
+    "vit-nobias-adalog": ("vit", {"qkv_bias": False}, lambda: QuantConfig.log(4, 4, attn_reparam="mad")),
     "deit-distilled-w8a8": (
         "deit",
         {"model_name": "deit_tiny_distilled_patch16_224"},

@@ -244,6 +244,20 @@ def test_adalog_table_and_base():
     assert torch.allclose(q2(x), ql(x), rtol=1e-6, atol=0)
 
 
+@pytest.mark.parametrize("name", LOGS)
+@pytest.mark.parametrize("bits", [3, 6])
+def test_log_codes_follow_the_formula(name, bits):
+    """The in-place encoder computes ``clamp(round(-log2(u/s)·f), 0, Z)``, zeros and negatives -> Z."""
+    x = softmax_data(5, 2.0, rows=2)
+    q = create_quantizer(name, bits).calibrate(x)
+    factor = {"log2": 1.0, "logsqrt2": 2.0}.get(name) or q.r / int(q.k)
+    zero = 2**bits - 1
+    probe = torch.cat([x.reshape(-1), torch.tensor([0.0, -1.0, 1e-45, 5.0])])
+    index = torch.round(-torch.log2(probe.clamp_min(1e-30) / q.scale) * factor)
+    expected = torch.where((probe <= 1e-37) | (index >= zero), zero, index.clamp_min(0)).to(torch.int32)
+    assert torch.equal(q.quantize(probe), expected)
+
+
 def test_tanq_levels_dense_at_both_ends():
     q = TanQuantizer(4, alpha=2.8).calibrate(softmax_data(5, 2.0, rows=2))
     u = q.levels_unit()

@@ -37,7 +37,15 @@ from .registry import (
     quantizer_from_config,
     register_quantizer,
 )
-from .reparam import fold_gelu_shift, fold_layernorm, layernorm_factors, reparam_record, reparameterize_layernorms
+from .reparam import (
+    fold_attention_output,
+    fold_gelu_shift,
+    fold_layernorm,
+    layernorm_factors,
+    reparam_record,
+    reparameterize_attentions,
+    reparameterize_layernorms,
+)
 from .serialize import load_quantized, save_quantized
 from .sites import SITE_KINDS, Site, find_sites
 from .tangent import TanQuantizer
@@ -78,9 +86,11 @@ __all__ = [
     "quantization_disabled",
     "calibrate_model",
     "quantize_",
+    "fold_attention_output",
     "fold_gelu_shift",
     "fold_layernorm",
     "layernorm_factors",
+    "reparameterize_attentions",
     "reparameterize_layernorms",
     "reparam_record",
     "save_quantized",

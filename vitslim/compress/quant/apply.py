@@ -16,7 +16,7 @@ from .calibration import OBJECTIVES, SEARCHES, calibrate_model, calibration_batc
 from .config import QuantConfig, suggest
 from .gptq import gptq_
 from .placement import INFO, apply_quantization, is_quantized
-from .reparam import fold_gelu_shift, reparameterize_layernorms
+from .reparam import fold_gelu_shift, reparameterize_attentions, reparameterize_layernorms
 from .sites import find_sites, layernorm_consumers
 
 __all__ = ["quantize_"]
@@ -40,18 +40,24 @@ def fold_reparameterisations(
     seed: int = 0,
 ) -> None:
     """Fold what ``cfg`` asks for into ``model`` (float outputs unchanged): AdaLog's post-GELU
-    shift where ``fc2``'s input is quantized, and RepQ-ViT's post-LN reparameterisation of the
-    LayerNorms whose consumers have a uniform input quantizer (``specs``: site name -> spec)."""
+    shift where ``fc2``'s input is quantized, RepQ-ViT's post-LN reparameterisation of the
+    LayerNorms whose consumers have a uniform input quantizer, and the same for the attention
+    outputs where ``proj``'s input quantizer is uniform (``specs``: site name -> spec)."""
     if cfg.gelu_shift:
         mlps = [n[: -len(".fc2.input")] for n, s in specs.items() if n.endswith("mlp.fc2.input") and s]
         fold_gelu_shift(model, mlps)
     if cfg.ln_reparam:
-        bits = {}
-        for norm, linears in layernorm_consumers(model).items():
-            spec = specs.get(f"{linears[0]}.input")
-            if spec is not None and spec.quantizer == "uniform":
-                bits[norm] = spec.bits
+        consumers = layernorm_consumers(model)
+        bits = {n: s.bits for n, linears in consumers.items() if _uniform(s := specs.get(f"{linears[0]}.input"))}
         reparameterize_layernorms(model, batches, bits, target=cfg.ln_reparam, samples=samples, seed=seed)
+    if cfg.attn_reparam:
+        attns = [f"blocks.{i}.attn" for i in range(len(model.blocks))]
+        bits = {a: s.bits for a in attns if _uniform(s := specs.get(f"{a}.proj.input"))}
+        reparameterize_attentions(model, batches, bits, target=cfg.attn_reparam, samples=samples, seed=seed)
+
+
+def _uniform(spec: Any) -> bool:
+    return spec is not None and spec.quantizer == "uniform"
 
 
 def quantize_(

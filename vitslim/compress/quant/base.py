@@ -368,6 +368,15 @@ class UnsignedQuantizer(Quantizer):
         v = self._decode(codes.to(torch.int64), self._params())
         return v - self.shift if self.shift else v
 
+    def forward(self, x: Tensor) -> Tensor:
+        """``dequantize(quantize(x))``, decoding through a table of the ``2^b`` values (one
+        gather instead of the element-wise decode: the same values, several times faster)."""
+        if not torch.is_floating_point(x):
+            raise TypeError(f"fake quantization expects a float tensor, got {x.dtype}")
+        codes = self.quantize(x)
+        table = self.dequantize(torch.arange(self.code_range()[1] + 1, device=codes.device))
+        return table.take(codes.to(torch.int64)).to(x.dtype)
+
     @staticmethod
     def _positive_max(u: Tensor) -> float:
         m = float(u.max())

@@ -175,13 +175,23 @@ class _AttentionSampler:
 
 
 def collect_rows(
-    model: nn.Module, modules: Mapping[str, nn.Module], batches: Sequence[Tensor], *, samples: int, seed: int
+    model: nn.Module,
+    modules: Mapping[str, nn.Module],
+    batches: Sequence[Tensor],
+    *,
+    samples: int,
+    seed: int,
+    inputs: bool = False,
 ) -> dict[str, Tensor]:
-    """Per module: a seeded subsample of about ``samples`` rows of its output plus two rows with
-    the per-channel minimum and maximum over all of it (one float pass over ``batches``)."""
+    """Per module: a seeded subsample of about ``samples`` rows of its output (its first input
+    with ``inputs``) plus two rows with the per-channel minimum and maximum over all of it (one
+    float pass over ``batches``)."""
     images = sum(b.shape[0] for b in batches)
     samplers = {name: _RowSampler(samples, images, seed + i) for i, name in enumerate(modules)}
-    handles = [m.register_forward_hook(lambda _m, _i, out, s=samplers[n]: s.add(out)) for n, m in modules.items()]
+    if inputs:
+        handles = [m.register_forward_pre_hook(lambda _m, i, s=samplers[n]: s.add(i[0])) for n, m in modules.items()]
+    else:
+        handles = [m.register_forward_hook(lambda _m, _i, o, s=samplers[n]: s.add(o)) for n, m in modules.items()]
     try:
         with torch.no_grad():
             for x in batches:

@@ -111,8 +111,9 @@ class QuantConfig:
     ``overrides`` maps fnmatch patterns of site names (``"head.*"``, ``"blocks.0.attn.softmax"``)
     to a spec or ``None``; when several match, the last one wins. ``ln_reparam`` folds
     channel-wise post-LayerNorm ranges into the LayerNorm and the next Linear (RepQ-ViT) with
-    the target ``"mean"``, ``"median"`` or ``"mad"`` (see ``reparam.py``); ``gelu_shift`` folds the
-    post-GELU shift into fc2's bias (AdaLog). The default is W8A8 uniform.
+    the target ``"mean"``, ``"median"`` or ``"mad"`` (see ``reparam.py``); ``attn_reparam`` does the
+    same for the attention outputs (``proj``'s input, folded into v and ``proj``); ``gelu_shift``
+    folds the post-GELU shift into fc2's bias (AdaLog). The default is W8A8 uniform.
     """
 
     weight: SiteSpec | None = _weight(8)
@@ -124,6 +125,7 @@ class QuantConfig:
     generic: SiteSpec | None = _uniform(8)
     overrides: Mapping[str, SiteSpec | None] = field(default_factory=dict)
     ln_reparam: str | None = None
+    attn_reparam: str | None = None
     gelu_shift: bool = False
 
     def __post_init__(self) -> None:
@@ -145,6 +147,12 @@ class QuantConfig:
                 )
             if self.post_ln is None or not issubclass(get_quantizer_class(self.post_ln.quantizer), UniformQuantizer):
                 raise UserError("ln_reparam needs a uniform post_ln quantizer (it makes its ranges per-tensor)")
+        if self.attn_reparam is not None:
+            if self.attn_reparam not in LN_TARGETS:
+                raise UserError(
+                    f"unknown attn_reparam target {self.attn_reparam!r}{suggest(self.attn_reparam, LN_TARGETS)} "
+                    f"(choose from {', '.join(LN_TARGETS)} or None)"
+                )
         if not isinstance(self.gelu_shift, bool):
             raise UserError(f"gelu_shift must be true or false, got {self.gelu_shift!r}")
 
@@ -214,6 +222,7 @@ class QuantConfig:
         out: dict[str, Any] = {k: None if getattr(self, k) is None else getattr(self, k).to_dict() for k in SITE_KINDS}
         out["overrides"] = {p: None if s is None else s.to_dict() for p, s in self.overrides.items()}
         out["ln_reparam"] = self.ln_reparam
+        out["attn_reparam"] = self.attn_reparam
         out["gelu_shift"] = self.gelu_shift
         return out
 
@@ -228,7 +237,7 @@ class QuantConfig:
             if not isinstance(overrides, Mapping):
                 raise UserError("'overrides' must map site-name patterns to specs (or null)")
             kw["overrides"] = {p: SiteSpec.from_dict(s, f"override {p!r}") for p, s in overrides.items()}
-        for key in ("ln_reparam", "gelu_shift"):
+        for key in ("ln_reparam", "attn_reparam", "gelu_shift"):
             if key in data:
                 kw[key] = data[key]
         return cls(**kw)
@@ -257,8 +266,8 @@ def _check_spec(kind: str, spec: SiteSpec, where: str) -> None:
 PRESETS = {
     "w8a8": lambda: QuantConfig.uniform(8, 8),
     "w6a6": lambda: QuantConfig.uniform(6, 6),
-    "w6a6-log": lambda: QuantConfig.log(6, 6, softmax="logsqrt2", gelu="adalog", ln_reparam="mad"),
+    "w6a6-log": lambda: QuantConfig.log(6, 6, softmax="logsqrt2", gelu="adalog", ln_reparam="mad", attn_reparam="mad"),
     "w4a4-uniform": lambda: QuantConfig.uniform(4, 4),
-    "w4a4-adalog": lambda: QuantConfig.log(4, 4, softmax="adalog", gelu="adalog"),
-    "w4a4-tanq": lambda: QuantConfig.log(4, 4, softmax="tanq", gelu=None),
+    "w4a4-adalog": lambda: QuantConfig.log(4, 4, softmax="adalog", gelu="adalog", attn_reparam="mad"),
+    "w4a4-tanq": lambda: QuantConfig.log(4, 4, softmax="tanq", gelu=None, attn_reparam="mad"),
 }

@@ -29,15 +29,13 @@ GELU_SHIFT = 0.16997
 _TINY = 2.0 * torch.finfo(torch.float32).tiny
 
 
-def _log_ratio(u: Tensor, scale: Tensor | float) -> Tensor:
-    """``-log2(u / s)`` with ``u < _TINY`` (zeros, negatives) mapped to +inf (no NaN)."""
-    return (-torch.log2(u.clamp_min(_TINY) / scale)).masked_fill(u < _TINY, math.inf)
-
-
-def _codes_with_zero(index: Tensor, zero_code: int) -> Tensor:
-    """Clamp a non-negative log index to ``[0, zero_code - 1]``; past it -> ``zero_code``."""
-    index = index.clamp_min(0)
-    return torch.where(index >= zero_code, torch.full_like(index, zero_code), index).to(torch.int32)
+def _log_codes(u: Tensor, scale: Tensor, factor: float, zero_code: int) -> Tensor:
+    """Codes ``round(-log2(u/s)·factor)`` clamped to ``[0, zero_code]``; inputs below ``_TINY``
+    (zeros, negatives) and indices past the last level take ``zero_code``. In place on one
+    temporary: these run on every attention map, so each pass over the data counts."""
+    t = u.clamp_min(_TINY)
+    t.div_(scale).log2_().mul_(-factor).round_().clamp_(0, zero_code)
+    return t.masked_fill_(u < _TINY, zero_code).to(torch.int32)
 
 
 def _log_buckets(scale: Tensor, step: float, zero_code: int) -> tuple[Tensor, Tensor]:
@@ -83,7 +81,7 @@ class Log2Quantizer(UnsignedQuantizer):
         return {**super().extra_config(), "grid": self.grid}
 
     def _encode(self, u: Tensor, p: Mapping[str, Tensor]) -> Tensor:
-        return _codes_with_zero(torch.round(_log_ratio(u, p["scale"])), self.zero_code)
+        return _log_codes(u, p["scale"], 1.0, self.zero_code)
 
     def _decode(self, codes: Tensor, p: Mapping[str, Tensor]) -> Tensor:
         v = p["scale"] * torch.exp2(-codes.float())
@@ -131,7 +129,7 @@ class LogSqrt2Quantizer(UnsignedQuantizer):
         return {**super().extra_config(), "quantiles": list(self.quantiles)}
 
     def _encode(self, u: Tensor, p: Mapping[str, Tensor]) -> Tensor:
-        return _codes_with_zero(torch.round(2.0 * _log_ratio(u, p["scale"])), self.zero_code)
+        return _log_codes(u, p["scale"], 2.0, self.zero_code)
 
     def _decode(self, codes: Tensor, p: Mapping[str, Tensor]) -> Tensor:
         c = codes.to(torch.int64)
@@ -217,8 +215,7 @@ class AdaLogQuantizer(UnsignedQuantizer):
         return 2.0 ** (int(self.k) / self.r)
 
     def _encode(self, u: Tensor, p: Mapping[str, Tensor]) -> Tensor:
-        k = float(p["k"])
-        return _codes_with_zero(torch.round(_log_ratio(u, p["scale"]) * (self.r / k)), self.zero_code)
+        return _log_codes(u, p["scale"], self.r / float(p["k"]), self.zero_code)
 
     def _decode(self, codes: Tensor, p: Mapping[str, Tensor]) -> Tensor:
         e = codes.to(torch.int64) * int(p["k"])

@@ -9,11 +9,14 @@
   ``W' = W·diag(r)`` (columns scaled) and ``c' = c + W'·b``. Targets: ``"mean"`` of ``s_c, z_c``
   (RepQ-ViT), ``"median"``, or ``"mad"``: the mean over the channels whose scale lies within
   3 scaled MADs of the median (robust to outlier channels, after DopQ-ViT's MOSF idea).
+* Attention output: the same folding on ``proj``'s input, with v's rows of ``qkv`` in the
+  LayerNorm's role (``v ← v/r - b`` passes through ``attn @ v`` unchanged because every
+  attention row sums to one).
 * Post-GELU shift (AdaLog): the MLP activation outputs ``GELU(x) + c`` (``c = 0.16997``, so
   the values are non-negative for the log quantizers) and fc2's bias absorbs it:
   ``bias ← bias - c·W.sum(1)``.
 
-Both change weights in place and are recorded on the model (``reparam_record``) so that a
+All change weights in place and are recorded on the model (``reparam_record``) so that a
 saved quantized model can be rebuilt; float outputs are unchanged up to rounding.
 """
 
@@ -33,9 +36,11 @@ from .sites import layernorm_consumers
 from .uniform import UniformQuantizer
 
 __all__ = [
+    "fold_attention_output",
     "fold_gelu_shift",
     "fold_layernorm",
     "layernorm_factors",
+    "reparameterize_attentions",
     "reparameterize_layernorms",
     "reparam_record",
     "apply_reparam_structure",
@@ -148,6 +153,12 @@ def fold_layernorm(norm: nn.LayerNorm, linears: Sequence[nn.Linear], r: Tensor, 
     r, b = r.double().to(norm.weight.device), b.double().to(norm.weight.device)
     norm.weight.copy_((norm.weight.double() / r).to(norm.weight.dtype))
     norm.bias.copy_((norm.bias.double() / r - b).to(norm.bias.dtype))
+    return _compensate(linears, r, b)
+
+
+def _compensate(linears: Sequence[nn.Linear], r: Tensor, b: Tensor) -> list[nn.Linear]:
+    """Each Linear reading ``y/r - b`` instead of ``y``: ``W ← W·r``, ``bias ← bias + W·b``.
+    Returns the Linears that needed a (zero) bias first."""
     added = []
     for lin in linears:
         if _ensure_bias(lin):
@@ -156,6 +167,12 @@ def fold_layernorm(norm: nn.LayerNorm, linears: Sequence[nn.Linear], r: Tensor, 
         lin.bias.copy_((lin.bias.double() + w @ b).to(lin.bias.dtype))
         lin.weight.copy_(w.to(lin.weight.dtype))
     return added
+
+
+def _channel_factors(rows: Tensor, bits: int, target: str, seed: int) -> tuple[Tensor, Tensor]:
+    """``(r, b)`` from channel-wise ``bits``-bit ranges calibrated on ``rows`` (see :func:`layernorm_factors`)."""
+    q = UniformQuantizer(bits, symmetric=False, channel_axis=-1, seed=seed).calibrate(rows)
+    return layernorm_factors(q.scale, q.zero_point, target)
 
 
 @torch.no_grad()
@@ -175,12 +192,54 @@ def reparameterize_layernorms(
     rows = collect_rows(model, {n: model.get_submodule(n) for n in names}, batches, samples=samples, seed=seed)
     record = _record(model, "layernorm", {"target": target, "norms": [], "bias_added": []})
     for name in names:
-        q = UniformQuantizer(bits[name], symmetric=False, channel_axis=-1, seed=seed).calibrate(rows[name])
-        r, b = layernorm_factors(q.scale, q.zero_point, target)
         linears = [model.get_submodule(c) for c in consumers[name]]
+        r, b = _channel_factors(rows[name], bits[name], target, seed)
         added = fold_layernorm(model.get_submodule(name), linears, r, b)
         record["bias_added"].extend(c for c, lin in zip(consumers[name], linears, strict=True) if lin in added)
         record["norms"].append(name)
+    return names
+
+
+@torch.no_grad()
+def fold_attention_output(attn: nn.Module, r: Tensor, b: Tensor) -> list[nn.Linear]:
+    """Attention output ``o → o/r - b``: v's rows of ``qkv`` give ``v/r - b`` (exact: every
+    attention row sums to one), ``proj`` compensates (``W ← W·r``, ``bias ← bias + W·b``).
+
+    Returns the Linears (``qkv``, ``proj``) that needed a (zero) bias first.
+    """
+    qkv, proj = attn.qkv, attn.proj
+    rows = slice(qkv.out_features - proj.in_features, qkv.out_features)
+    r, b = r.double().to(qkv.weight.device), b.double().to(qkv.weight.device)
+    added = [qkv] if _ensure_bias(qkv) else []
+    qkv.weight[rows] = (qkv.weight[rows].double() / r[:, None]).to(qkv.weight.dtype)
+    qkv.bias[rows] = (qkv.bias[rows].double() / r - b).to(qkv.bias.dtype)
+    return added + _compensate([proj], r, b)
+
+
+@torch.no_grad()
+def reparameterize_attentions(
+    model: nn.Module,
+    batches: Sequence[Tensor],
+    bits: Mapping[str, int],
+    *,
+    target: str = "mean",
+    samples: int = 2048,
+    seed: int = 0,
+) -> list[str]:
+    """The post-LN reparameterisation applied to the attention outputs (``proj``'s inputs) of the
+    attentions named in ``bits`` (attention name → bits of ``proj``'s input quantizer), calibrated
+    on ``batches``: channel ranges folded into v's rows of ``qkv`` and ``proj``'s columns
+    (:func:`fold_attention_output`). Attentions with a norm on their output are skipped. Returns
+    the attentions folded."""
+    names = [n for n in bits if isinstance(getattr(model.get_submodule(n), "norm", nn.Identity()), nn.Identity)]
+    projs = {n: model.get_submodule(f"{n}.proj") for n in names}
+    rows = collect_rows(model, projs, batches, samples=samples, seed=seed, inputs=True)
+    record = _record(model, "attention", {"target": target, "attentions": [], "bias_added": []})
+    for name in names:
+        attn = model.get_submodule(name)
+        added = fold_attention_output(attn, *_channel_factors(rows[name], bits[name], target, seed))
+        record["bias_added"].extend(f"{name}.{leaf}" for leaf in ("qkv", "proj") if getattr(attn, leaf) in added)
+        record["attentions"].append(name)
     return names
 
 
@@ -188,7 +247,8 @@ def apply_reparam_structure(model: nn.Module, record: Mapping[str, Any]) -> None
     """Rebuild the structural part of a ``record`` on a fresh model (added biases, shifted
     activations); the folded values come with the state dict loaded afterwards."""
     gelu = record.get("gelu_shift")
-    added = list(record.get("layernorm", {}).get("bias_added", [])) + list((gelu or {}).get("bias_added", []))
+    folds = [record.get(key) or {} for key in ("layernorm", "attention", "gelu_shift")]
+    added = [name for fold in folds for name in fold.get("bias_added", [])]
     for name in added:
         _ensure_bias(model.get_submodule(name))
     if gelu:
