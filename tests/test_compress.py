@@ -121,6 +121,35 @@ def test_builtin_recipes_end_to_end(tmp_path: Path, image_folder: Path, name: st
         assert all(a > b for a, b in zip(tokens, tokens[1:], strict=False))
 
 
+def test_alone_measures_each_later_stage_on_the_fp32_model(tmp_path: Path, image_folder: Path) -> None:
+    recipe = tmp_path / "stack.yaml"
+    recipe.write_text(
+        "stages:\n  tokens: {r: 4}\n  sparsity: {method: magnitude, include: ['blocks.*.mlp.fc2']}\n"
+        "  quant: {preset: w8a8, images: 4, mixed_precision: {budget: {avg_weight_bits: 6}, images: 2}}\n"
+    )
+    out = tmp_path / "out"
+    args = ["compress", *tiny(), "--recipe", str(recipe), "--data", str(image_folder), "--calib", str(image_folder)]
+    for wrong, message in (("tokens", "is the recipe's first stage"), ("export", "is not a model stage")):
+        assert_user_error(run(*args, "--alone", wrong, "--out", str(out)), f"--alone {wrong}: '{wrong}' {message}")
+        assert not out.exists()
+    result = run(*args, *FAST, "--alone", "sparsity,quant", "--runtime", "onnxruntime", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    fp32, sparse, quant, *stacked = report["variants"]
+    names = ["fp32", "sparsity-alone", "quant-alone", "tokens", "sparsity", "quant"]
+    assert [v["name"] for v in report["variants"]] == names
+    assert sparse["tokens_per_layer"] == quant["tokens_per_layer"] == fp32["tokens_per_layer"]
+    assert all(v["tokens_per_layer"] != fp32["tokens_per_layer"] for v in stacked)
+    assert sparse["quantization"] is None and quant["quantization"] is not None
+    assert sparse["sparsity"]["pattern_in_onnx"] == TINY_DEPTH and len(sparse["sparsity"]["per_layer"]) == TINY_DEPTH
+    assert "sparsity" not in quant and stacked[-1]["sparsity"]["pattern_in_model"] == TINY_DEPTH
+    assert "per_layer" not in stacked[-1]["sparsity"] and quant["mixed_precision"]["costs"]["avg_weight_bits"] <= 6
+    assert all(v["onnx"]["validation"]["passed"] for v in report["variants"])
+    assert {lat["runtime"] for v in report["variants"] for lat in v["latency"]} == {"onnxruntime"}
+    assert sorted(p.name for p in out.glob("*.onnx")) == sorted(f"model_{name}.onnx" for name in names)
+    assert "| quant-alone | pytorch |" in result.output
+
+
 def test_evit_recipe_file_end_to_end(tmp_path: Path, image_folder: Path) -> None:
     recipe = tmp_path / "evit.yaml"
     recipe.write_text("stages:\n  tokens: {method: evit, keep_rate: 0.5, layers: [0, 1]}\n")

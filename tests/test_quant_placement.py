@@ -224,6 +224,7 @@ def test_config_round_trip_and_presets():
         (lambda: QuantConfig(ln_reparam="meen"), "did you mean 'mean'"),
         (lambda: QuantConfig(ln_reparam="mean", post_ln=None), "uniform post_ln"),
         (lambda: QuantConfig(attn_reparam="madd"), "did you mean 'mad'"),
+        (lambda: QuantConfig.from_dict({"qk_rotation": "yes"}), "qk_rotation must be true or false"),
         (lambda: QuantConfig.preset("w4a4"), "did you mean"),
         (lambda: QuantConfig(overrides={"head.*": SiteSpec("adalog", 4)}).spec_for(find_sites(tiny_vit())[-1]), "head"),
     ],

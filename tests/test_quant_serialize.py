@@ -25,7 +25,11 @@ from vitslim.errors import UserError
 
 CASES = {
     # LN reparam adds qkv biases, attention outputs and GELU shift folded, AdaLog on post-softmax and post-GELU
-    "vit-nobias-adalog": ("vit", {"qkv_bias": False}, lambda: QuantConfig.log(4, 4, attn_reparam="mad")),
+    "vit-nobias-adalog": (
+        "vit",
+        {"qkv_bias": False},
+        lambda: QuantConfig.log(4, 4, attn_reparam="mad", qk_rotation=True),
+    ),
     "deit-distilled-w8a8": (
         "deit",
         {"model_name": "deit_tiny_distilled_patch16_224"},

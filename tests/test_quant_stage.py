@@ -61,10 +61,11 @@ def test_pipeline_quantizes_a_copy_on_seeded_calibration_images(image_folder: Pa
         {"stages": {"tokens": {"r": 2}, "quant": {"preset": "w8a8", "images": 4}}}, "inline.yaml", "inline"
     )
     ctx = StageContext(loaded, calib=str(image_folder), seed=3, progress=False)
-    (tokens_name, _, reduced), (quant_name, description, quantized) = build_variants(loaded.model, recipe, ctx)
-    assert (tokens_name, quant_name) == ("tokens", "quant")
+    tokens, quant = build_variants(loaded.model, recipe, ctx)
+    reduced, quantized = tokens.model, quant.model
+    assert (tokens.name, quant.name) == ("tokens", "quant")
     assert not is_quantized(loaded.model) and not is_quantized(reduced) and is_quantized(quantized)
-    assert description == "w8a8 (4 calibration images, mse search)"
+    assert quant.description == "w8a8 (4 calibration images, mse search)" and quant.records == {}
     assert sum(b.shape[0] for b in ctx.calibration(4)) == 4
     summary = quant_summary(quantized)
     assert summary["images"] == 4 and summary["config"] == QuantConfig.preset("w8a8").to_dict()

@@ -27,7 +27,7 @@ DEFAULT_BATCH_SIZES = "1,16"
 VALIDATION_FAILED = 4
 #: what `vitslim demo` runs, on how many test images (about ten minutes on two cores)
 DEMO_RECIPE = "full"
-DEMO_LIMIT = 200
+DEMO_LIMIT = 100
 
 
 class UserFacingError(click.ClickException):
@@ -146,6 +146,40 @@ def timing_options(runs: int = 30, warmup: int = 3) -> Callable[[Callable], Call
         )(command)
 
     return decorate
+
+
+def runtime_option(default: str) -> Callable[[Callable], Callable]:
+    """--runtime: whose latency is measured."""
+    return click.option(
+        "--runtime",
+        type=click.Choice(["pytorch", "onnxruntime", "all"]),
+        default=default,
+        show_default=True,
+        help="Runtime(s) whose latency is measured (a quantized model runs as fake quantization in PyTorch, "
+        "not as it deploys).",
+    )
+
+
+def _runtimes(runtime: str) -> tuple[str, ...]:
+    from vitslim.measure import RUNTIMES
+
+    return RUNTIMES if runtime == "all" else (runtime,)
+
+
+def _parse_stages(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def alone_option(default: str) -> Callable[[Callable], Callable]:
+    """--alone STAGES: recipe stages also measured applied alone to the fp32 model."""
+    return click.option(
+        "--alone",
+        default=default,
+        show_default=True,
+        callback=_parse_stages,
+        help="Comma-separated recipe stages (after its first) also applied alone to the fp32 model and measured "
+        "(variants <stage>-alone, listed after fp32), so their own effect shows next to the cumulative ones.",
+    )
 
 
 def json_option(command: Callable) -> Callable:
@@ -311,7 +345,7 @@ def _fmt(value: Any) -> str:
 @model_options
 @batch_sizes_option
 @threads_option
-@click.option("--runtime", type=click.Choice(["pytorch", "onnxruntime", "all"]), default="all", show_default=True)
+@runtime_option("all")
 @click.option(
     "--onnx",
     "onnx_path",
@@ -337,9 +371,9 @@ def bench(
 
     timing = {"warmup": warmup, "runs": runs}
     results = []
-    if runtime in ("pytorch", "all"):
+    if "pytorch" in _runtimes(runtime):
         results += bench_torch(loaded.model, loaded.input_size, batch_sizes, threads, progress=_progress(), **timing)
-    if runtime in ("onnxruntime", "all"):
+    if "onnxruntime" in _runtimes(runtime):
         with tempfile.TemporaryDirectory() as tmp:
             path = onnx_path or export_onnx(loaded.model, Path(tmp) / "model.onnx", loaded.input_size)
             results += bench_ort(str(path), loaded.input_size, batch_sizes, threads, progress=_progress(), **timing)
@@ -451,9 +485,11 @@ def export(
 @click.option("--seed", type=int, default=0, show_default=True)
 @threads_option
 @batch_sizes_option
-@timing_options(runs=10, warmup=1)
+@timing_options(runs=5, warmup=1)
 @device_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing, non-empty --out folder.")
+@alone_option(default="quant")
+@runtime_option("onnxruntime")
 @json_option
 def demo(
     out_dir: Path,
@@ -465,10 +501,12 @@ def demo(
     warmup: int,
     runs: int,
     overwrite: bool,
+    alone: tuple[str, ...],
+    runtime: str,
     json_path: Path | None,
 ) -> None:
-    """The whole pipeline on the embedded demo model: fp32, then each cumulative stage of the
-    `full` recipe (ToMe, 2:4, mixed-precision PTQ), exported, validated and measured."""
+    """The whole pipeline on the embedded demo model: fp32, PTQ alone, then each cumulative stage
+    of the `full` recipe (ToMe, + 2:4, + mixed-precision PTQ), exported, validated and measured."""
     from vitslim.recipes import load_recipe
 
     _compress_and_report(
@@ -484,6 +522,8 @@ def demo(
         runs=runs,
         overwrite=overwrite,
         device=device,
+        alone=alone,
+        runtimes=_runtimes(runtime),
     )
 
 
@@ -510,6 +550,8 @@ def demo(
     help="Folder for report.json, report.md, report.html, manifest.json and one ONNX model per variant.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing, non-empty --out folder.")
+@alone_option(default="")
+@runtime_option("all")
 @json_option
 def compress(
     loaded: LoadedModel,
@@ -526,6 +568,8 @@ def compress(
     device: str,
     out_dir: Path,
     overwrite: bool,
+    alone: tuple[str, ...],
+    runtime: str,
     json_path: Path | None,
 ) -> None:
     """Apply a recipe's stages and measure fp32 and each cumulative stage (accuracy, fidelity, ONNX, latency)."""
@@ -545,6 +589,8 @@ def compress(
         runs=runs,
         overwrite=overwrite,
         device=device,
+        alone=alone,
+        runtimes=_runtimes(runtime),
     )
 
 

@@ -34,6 +34,8 @@ from vitslim.export.qdq import QDQ_OPSET, export_quantized_onnx
 from vitslim.models import LoadedModel
 
 log = logging.getLogger(__name__)
+#: runtimes a variant's latency can be measured in
+RUNTIMES = ("pytorch", "onnxruntime")
 
 
 @dataclass
@@ -185,6 +187,8 @@ class MeasureSettings:
     #: where PyTorch runs (the models are moved there by the caller); ONNX Runtime follows it
     #: with its CUDA provider when that is installed
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    #: runtimes whose latency is measured ("pytorch", "onnxruntime")
+    runtimes: tuple[str, ...] = RUNTIMES
 
     @property
     def providers(self) -> list:
@@ -199,6 +203,7 @@ class MeasureSettings:
             "inputs": "random normal",
             "warmup": self.warmup,
             "runs": self.runs,
+            "runtimes": list(self.runtimes),
         }
 
 
@@ -237,16 +242,19 @@ def measure_variant(
         100 * parity["top1_agreement"],
         parity["max_abs_diff"],
     )
-    latency = bench_torch(model, loaded.input_size, settings.batch_sizes, threads, progress=progress, **timing)
-    latency += bench_ort(
-        str(onnx_path),
-        loaded.input_size,
-        settings.batch_sizes,
-        threads,
-        progress=progress,
-        providers=settings.providers,
-        **timing,
-    )
+    latency = []
+    if "pytorch" in settings.runtimes:
+        latency += bench_torch(model, loaded.input_size, settings.batch_sizes, threads, progress=progress, **timing)
+    if "onnxruntime" in settings.runtimes:
+        latency += bench_ort(
+            str(onnx_path),
+            loaded.input_size,
+            settings.batch_sizes,
+            threads,
+            progress=progress,
+            providers=settings.providers,
+            **timing,
+        )
     for entry in latency:
         log.info("%s: %s on %s, batch %d: p50 %.2f ms", name, entry.runtime, entry.device, entry.batch, entry.p50_ms)
     variant = {

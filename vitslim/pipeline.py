@@ -27,7 +27,7 @@ from vitslim.export.stages import ExportStage, ValidateStage
 from vitslim.export.tensorrt import TensorRTUnavailable, build_tensorrt_engine
 from vitslim.export.validate import failed_path
 from vitslim.files import staged_output_dir
-from vitslim.measure import MeasureSettings, load_eval_data, measure_variant, new_report, noise_floor
+from vitslim.measure import RUNTIMES, MeasureSettings, load_eval_data, measure_variant, new_report, noise_floor
 from vitslim.models import LoadedModel
 from vitslim.recipes import Recipe
 from vitslim.report import write_report
@@ -66,8 +66,6 @@ class StageContext:
     seed: int = 0
     progress: bool = True
     batch_size: int = 32
-    #: what a stage reports about itself (e.g. sparsity per layer), by stage name
-    records: dict[str, Any] = field(default_factory=dict)
     _cache: dict[int, list[torch.Tensor]] = field(default_factory=dict, repr=False)
 
     def calibration(self, images: int) -> list[torch.Tensor]:
@@ -82,23 +80,21 @@ class StageContext:
         return self._cache[images]
 
 
-def _apply_tokens(model: torch.nn.Module, cfg: TokenMergeConfig | TokenPruneConfig, ctx: StageContext) -> str:
+def _apply_tokens(model: torch.nn.Module, cfg: TokenMergeConfig | TokenPruneConfig, ctx: StageContext) -> StageResult:
     apply_token_reduction(model, cfg)
-    return describe_tokens(cfg)
+    return describe_tokens(cfg), None
 
 
-def _apply_sparsity(model: torch.nn.Module, cfg: SparsityConfig, ctx: StageContext) -> str:
+def _apply_sparsity(model: torch.nn.Module, cfg: SparsityConfig, ctx: StageContext) -> StageResult:
     data = ctx.calibration(cfg.samples) if cfg.needs_data else None
-    ctx.records["sparsity"] = record = sparsify_(model, cfg, data, progress=ctx.progress, seed=ctx.seed)
+    record = sparsify_(model, cfg, data, progress=ctx.progress, seed=ctx.seed)
     images = f", {record['images']} calibration images" if cfg.needs_data else ""
-    return f"2:4 {cfg.method} on {len(record['layers'])} layers{images}"
+    return f"2:4 {cfg.method} on {len(record['layers'])} layers{images}", record
 
 
-def _apply_quant(model: torch.nn.Module, stage: QuantStage, ctx: StageContext) -> str:
+def _apply_quant(model: torch.nn.Module, stage: QuantStage, ctx: StageContext) -> StageResult:
     plan = stage.apply(model, ctx.calibration(stage.images), progress=ctx.progress, seed=ctx.seed)
-    if plan is not None:
-        ctx.records["mixed_precision"] = mixed_precision_summary(plan)
-    return stage.describe()
+    return stage.describe(), None if plan is None else mixed_precision_summary(plan)
 
 
 def mixed_precision_summary(plan: BitPlan) -> dict[str, Any]:
@@ -121,26 +117,57 @@ def mixed_precision_summary(plan: BitPlan) -> dict[str, Any]:
     return summary
 
 
-#: model stages: name -> apply its config to a model in place, returning a description of what it did
-STAGE_APPLIERS: dict[str, Callable[[torch.nn.Module, Any, StageContext], str]] = {
+#: what a stage did: a description, and its record for the report (None: nothing to record)
+StageResult = tuple[str, dict[str, Any] | None]
+#: model stages: name -> apply its config to a model in place
+STAGE_APPLIERS: dict[str, Callable[[torch.nn.Module, Any, StageContext], StageResult]] = {
     "tokens": _apply_tokens,
     "sparsity": _apply_sparsity,
     "quant": _apply_quant,
 }
+#: suffix of the variants that apply one stage alone to the uncompressed model
+ALONE = "-alone"
 
 
-def build_variants(model: torch.nn.Module, recipe: Recipe, ctx: StageContext) -> list[tuple[str, str, torch.nn.Module]]:
-    """``(stage name, description, model)`` for each cumulative stage of ``recipe``; ``model``
-    itself is left untouched (each stage works on a copy of the previous stage's model)."""
-    variants = []
-    for stage, cfg in recipe.stages.items():
-        if stage not in STAGE_APPLIERS:  # export / validate act on the exported files
-            continue
-        model = copy.deepcopy(model)
-        start = time.perf_counter()
-        description = STAGE_APPLIERS[stage](model, cfg, ctx)
-        log.info("stage %s: %s (%.1f s)", stage, description, time.perf_counter() - start)
-        variants.append((stage, description, model))
+@dataclass
+class Variant:
+    """A compressed model to measure: ``stage`` was applied last; ``records`` holds what every
+    stage applied to it recorded (the sparsity layers, the mixed-precision plan), by stage."""
+
+    name: str
+    stage: str
+    description: str
+    model: torch.nn.Module
+    records: dict[str, dict[str, Any]]
+
+
+def _apply_stage(model: torch.nn.Module, stage: str, cfg: Any, ctx: StageContext, name: str, records: dict) -> Variant:
+    model = copy.deepcopy(model)
+    start = time.perf_counter()
+    description, record = STAGE_APPLIERS[stage](model, cfg, ctx)
+    log.info("stage %s: %s (%.1f s)", name, description, time.perf_counter() - start)
+    return Variant(name, stage, description, model, {**records, **({stage: record} if record else {})})
+
+
+def build_variants(
+    model: torch.nn.Module, recipe: Recipe, ctx: StageContext, *, alone: Sequence[str] = ()
+) -> list[Variant]:
+    """A :class:`Variant` per cumulative stage of ``recipe``, preceded by one per stage named in
+    ``alone`` (a model stage of the recipe after the first) applied alone to ``model`` (named
+    ``<stage>-alone``), so that stage's own effect is visible. ``model`` itself is left untouched
+    (stages work on copies)."""
+    stages = [(stage, cfg) for stage, cfg in recipe.stages.items() if stage in STAGE_APPLIERS]
+    later = [stage for stage, _ in stages[1:]]
+    for stage in alone:
+        if stage not in later:
+            first = bool(stages) and stage == stages[0][0]
+            reason = "is the recipe's first stage (its variant shows it alone)" if first else "is not a model stage"
+            raise UserError(f"--alone {stage}: {stage!r} {reason}; choose from: {', '.join(later) or 'none'}")
+    variants = [_apply_stage(model, s, cfg, ctx, s + ALONE, {}) for s, cfg in stages if s in alone]
+    records: dict[str, dict[str, Any]] = {}
+    for stage, cfg in stages:
+        variants.append(_apply_stage(model, stage, cfg, ctx, stage, records))
+        model, records = variants[-1].model, variants[-1].records
     return variants
 
 
@@ -247,29 +274,33 @@ def run_recipe(
     settings: MeasureSettings,
     ctx: StageContext,
     command: str = "",
+    *,
+    alone: Sequence[str] = (),
 ) -> dict:
     """Measure ``fp32`` and then one variant per cumulative stage of ``recipe`` (fidelity against
-    fp32), validating every export; return the report dict. The stages are applied before
-    anything is measured, so a recipe that does not fit the model fails fast."""
-    stages = build_variants(loaded.model, recipe, ctx)
+    fp32; first the stages named in ``alone`` applied alone), validating every export; return
+    the report dict. The stages are applied before anything is measured, so a recipe that does
+    not fit the model fails fast."""
+    stages = build_variants(loaded.model, recipe, ctx, alone=alone)
     validate = recipe.stages.get("validate", ValidateStage())
     failures: list[str] = []
     fp32, reference = measure_variant("fp32", "uncompressed model", loaded.model, loaded, settings)
     fp32.update(token_stats(loaded.model), quantization=None)
     failures.append(validate_export(fp32, loaded.model, reference, settings, validate))
-    variants, sparse = [fp32], False
-    for name, description, model in stages:
-        variant, outputs = measure_variant(name, description, model, loaded, settings, reference=reference)
+    variants = [fp32]
+    for built in stages:
+        model = built.model
+        variant, outputs = measure_variant(built.name, built.description, model, loaded, settings, reference=reference)
         variant.update(token_stats(model))
         variant["quantization"] = quant_summary(model)
-        if name == "quant" and "mixed_precision" in ctx.records:
-            variant["mixed_precision"] = ctx.records["mixed_precision"]
-        sparse = sparse or name == "sparsity"
-        if sparse:  # this stage or an earlier one sparsified the weights: does 2:4 still hold?
+        if built.stage == "quant" and "quant" in built.records:
+            variant["mixed_precision"] = built.records["quant"]
+        if "sparsity" in built.records:  # this stage or an earlier one sparsified the weights: does 2:4 still hold?
             onnx_path = settings.out_dir / variant["onnx"]["file"]
-            variant["sparsity"] = pattern_check(model, onnx_path, recipe.stages["sparsity"], ctx.records["sparsity"])
-            if name == "sparsity":
-                variant["sparsity"]["per_layer"] = ctx.records["sparsity"]["layers"]
+            record = built.records["sparsity"]
+            variant["sparsity"] = pattern_check(model, onnx_path, recipe.stages["sparsity"], record)
+            if built.stage == "sparsity":
+                variant["sparsity"]["per_layer"] = record["layers"]
         failures.append(validate_export(variant, model, outputs, settings, validate))
         variants.append(variant)
     failures = [f for f in failures if f]
@@ -284,6 +315,7 @@ def run_recipe(
     if export is not None and export.tensorrt and not variants[-1]["onnx"]["validation"]["passed"]:
         report["notes"].append(f"No TensorRT engine: {variants[-1]['name']} failed validation.")
     elif export is not None and export.tensorrt:
+        sparse = bool(stages) and "sparsity" in stages[-1].records
         engine = build_engine(variants[-1], settings.out_dir, export, sparse, settings.batch_sizes)
         report["tensorrt"] = engine
         if engine["engine"] is None:
@@ -319,6 +351,8 @@ def compress(
     progress: bool = True,
     command: str = "",
     device: str = "cpu",
+    alone: Sequence[str] = (),
+    runtimes: Sequence[str] = RUNTIMES,
 ) -> dict:
     """Run ``recipe`` on ``loaded`` and write report.json, report.md, report.html, manifest.json and
     one ONNX model per variant into ``out`` (``model_<variant>.failed.onnx`` when it failed the
@@ -327,7 +361,9 @@ def compress(
     and ``calib`` default to the model's own evaluation and calibration data (the demo's
     Fashion-MNIST test and train splits). ``device`` (``cpu``, ``cuda[:N]``, ``auto``) is where
     PyTorch calibrates, evaluates and is timed (``loaded.model`` is moved there); ONNX Runtime
-    uses its CUDA provider there when installed. Returns the report dict."""
+    uses its CUDA provider there when installed. ``alone``: stages (after the recipe's first) also
+    applied alone to the uncompressed model and measured (variants ``<stage>-alone``, after fp32).
+    ``runtimes``: whose latency is measured (``pytorch``, ``onnxruntime``). Returns the report dict."""
     torch_device = resolve_device(device)
     with staged_output_dir(out, overwrite=overwrite) as staging:
         eval_data = load_eval_data(loaded, data, limit, seed, eval_batch_size)
@@ -341,10 +377,10 @@ def compress(
         )
         loaded.model.to(torch_device)
         settings = MeasureSettings(
-            eval_data, staging, threads, list(batch_sizes), progress, warmup, runs, device=torch_device
+            eval_data, staging, threads, list(batch_sizes), progress, warmup, runs, torch_device, tuple(runtimes)
         )
         ctx = StageContext(loaded, calib, seed, progress, eval_batch_size)
-        report = run_recipe(loaded, recipe, settings, ctx, command)
+        report = run_recipe(loaded, recipe, settings, ctx, command, alone=alone)
         write_report(staging, report)
         write_compress_manifest(staging, report)
     return report

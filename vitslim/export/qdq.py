@@ -17,6 +17,9 @@ Runtime's QDQ fusions look for:
   when the quantizer's code range is narrower (fewer bits, or the symmetric ``[-127, 127]``),
   a ``Clip`` to the representable range ``[(qmin-z)·s, (qmax-z)·s]`` runs first, which gives
   exactly ``clamp(round(x/s) + z, qmin, qmax)``;
+* **per-channel uniform activations** (``emulated``): the quantizer's arithmetic in float ops
+  (Div/Round/Add/Clip/Sub/Mul): ONNX Runtime fuses Q/DQ into integer MatMuls that take one
+  zero point per activation and fail at run time on a per-axis one;
 * **non-uniform quantizers** (log2, logsqrt2, adalog, tanq, twin_uniform; ``emulated``): every
   one is a monotone step function of its float32 input, so it is exported as a search over its
   exact float32 decision thresholds (found by bisection over the float32 values with the
@@ -62,6 +65,7 @@ __all__ = [
     "export_quantized_onnx",
     "qdq_export_mode",
     "ExportAffine",
+    "ExportChannelAffine",
     "ExportWeight",
     "ExportStepFunction",
 ]
@@ -86,43 +90,49 @@ def _container(qmin: int, qmax: int) -> tuple[torch.dtype, int, int]:
 
 
 class ExportAffine(nn.Module):
-    """Export form of a uniform activation quantizer: ``[Clip] -> QuantizeLinear -> DequantizeLinear``."""
+    """Export form of a per-tensor uniform activation quantizer: ``[Clip] -> QuantizeLinear -> DequantizeLinear``."""
 
     def __init__(self, quantizer: UniformQuantizer) -> None:
         super().__init__()
+        if quantizer.channel_axis is not None:
+            raise ValueError("ExportAffine takes per-tensor quantizers; per-channel ones are ExportChannelAffine")
         qmin, qmax = quantizer.code_range()
         self.dtype, lo, hi = _container(qmin, qmax)
         self.qmin, self.qmax = qmin, qmax
-        self.axis = quantizer.channel_axis
         scale, zero = quantizer.scale.detach().float().cpu(), quantizer.zero_point.detach().cpu()
+        self.scale, self.zero = float(scale), int(zero)
         # Clip to the representable range when Q's saturation is wider than the code range.
         self.clip = (qmin, qmax) != (lo, hi)
-        low, high = (qmin - zero.float()) * scale, (qmax - zero.float()) * scale
-        if self.axis is None:
-            self.scale, self.zero = float(scale), int(zero)
-            self.low, self.high = float(low), float(high)
-        else:
-            self.register_buffer("scales", scale.clone())
-            self.register_buffer("zeros", zero.to(torch.int64).clone())
-            self.register_buffer("low", low.clone())
-            self.register_buffer("high", high.clone())
+        self.low, self.high = float((qmin - zero.float()) * scale), float((qmax - zero.float()) * scale)
 
     def forward(self, x: Tensor) -> Tensor:
         xf = x.float()
-        if self.axis is None:
-            if self.clip:
-                xf = torch.clamp(xf, self.low, self.high)
-            q = _qd.quantize_per_tensor(xf, self.scale, self.zero, self.qmin, self.qmax, self.dtype)
-            out = _qd.dequantize_per_tensor(q, self.scale, self.zero, self.qmin, self.qmax, self.dtype)
-        else:
-            axis = self.axis % x.dim()
-            shape = [1] * x.dim()
-            shape[axis] = -1
-            if self.clip:
-                xf = torch.minimum(torch.maximum(xf, self.low.reshape(shape)), self.high.reshape(shape))
-            q = _qd.quantize_per_channel(xf, self.scales, self.zeros, axis, self.qmin, self.qmax, self.dtype)
-            out = _qd.dequantize_per_channel(q, self.scales, self.zeros, axis, self.qmin, self.qmax, self.dtype)
+        if self.clip:
+            xf = torch.clamp(xf, self.low, self.high)
+        q = _qd.quantize_per_tensor(xf, self.scale, self.zero, self.qmin, self.qmax, self.dtype)
+        out = _qd.dequantize_per_tensor(q, self.scale, self.zero, self.qmin, self.qmax, self.dtype)
         return out.to(x.dtype)
+
+
+class ExportChannelAffine(nn.Module):
+    """Export form of a per-channel uniform activation quantizer, emulated in float ops
+    (``(clamp(round(x / s) + z, qmin, qmax) - z) · s``, the quantizer's own arithmetic): ONNX
+    Runtime fuses Q/DQ into integer MatMuls that take one zero point per activation, and a
+    per-axis one fails there at run time."""
+
+    def __init__(self, quantizer: UniformQuantizer) -> None:
+        super().__init__()
+        self.axis = quantizer.channel_axis
+        self.qmin, self.qmax = quantizer.code_range()
+        self.register_buffer("scales", quantizer.scale.detach().float().cpu().clone())
+        self.register_buffer("zeros", quantizer.zero_point.detach().float().cpu().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = [1] * x.dim()
+        shape[self.axis % x.dim()] = -1
+        s, z = self.scales.reshape(shape), self.zeros.reshape(shape)
+        q = torch.clamp(torch.round(x.float() / s) + z, self.qmin, self.qmax)
+        return ((q - z) * s).to(x.dtype)
 
 
 class ExportWeight(nn.Module):
@@ -258,6 +268,8 @@ def _export_module(model: nn.Module, point: QuantPoint) -> tuple[nn.Module, str,
     if isinstance(q, UniformQuantizer):
         if point.kind == "weight":
             return ExportWeight(q, point_owner(model, point).weight), "accelerated", "weight"
+        if q.channel_axis is not None:
+            return ExportChannelAffine(q), "emulated", "activation"
         return ExportAffine(q), "accelerated", "activation"
     if isinstance(q, (UnsignedQuantizer, Quantizer)):
         return ExportStepFunction.from_quantizer(q), "emulated", "activation"
@@ -375,18 +387,19 @@ def _site_record(
         axis = None if module.axis is None else info.get("axis", module.axis)
         return SiteExport(**common, onnx_type=onnx_type, axis=axis, zero_point=0, note=note)
     if isinstance(module, ExportAffine):
-        zero = module.zero if module.axis is None else None
         note = None
         if module.clip:
             note = f"Clip to codes [{module.qmin}, {module.qmax}] before QuantizeLinear"
         return SiteExport(
             **common,
             onnx_type=str(module.dtype).removeprefix("torch."),
-            axis=module.axis,
-            zero_point=zero,
+            zero_point=module.zero,
             clipped=module.clip,
             note=note,
         )
+    if isinstance(module, ExportChannelAffine):
+        note = "per-channel activation emulated in float ops (integer MatMuls take one activation zero point)"
+        return SiteExport(**common, axis=module.axis, note=note)
     return SiteExport(**common, note=f"exact step-function emulation, {module.steps} search rounds")
 
 

@@ -123,10 +123,10 @@ def _spec(base: QuantConfig, site: Site, bits: int) -> SiteSpec:
 
 
 def prepared_model(model: nn.Module, base: QuantConfig, images: Tensor, seed: int) -> nn.Module:
-    """``model`` as ``quantize_`` sees it before placing quantizers: a copy with the GELU shift and
-    the post-LN / attention-output reparameterisations folded when ``base`` asks for them (float
-    outputs unchanged)."""
-    if not (base.gelu_shift or base.ln_reparam or base.attn_reparam):
+    """``model`` as ``quantize_`` sees it before placing quantizers: a copy with the q/k rotation,
+    the GELU shift and the post-LN / attention-output reparameterisations folded when ``base``
+    asks for them (float outputs unchanged)."""
+    if not (base.gelu_shift or base.ln_reparam or base.attn_reparam or base.qk_rotation):
         return model
     model = copy.deepcopy(model)
     fold_reparameterisations(model, base, base.resolve(find_sites(model)), [images], seed=seed)
@@ -324,7 +324,7 @@ def measure_sensitivity(
         "measure_bits": measure,
         "seed": seed,
         "specs": {n: [_spec(base, w, 8).to_dict(), a and _spec(base, a, 8).to_dict()] for n, (w, a) in layers.items()},
-        "reparam": [base.ln_reparam, base.attn_reparam, base.gelu_shift],
+        "reparam": [base.ln_reparam, base.attn_reparam, base.gelu_shift, base.qk_rotation],
     }
     path = None
     if cache_dir is not None:

@@ -45,6 +45,7 @@ from .reparam import (
     reparam_record,
     reparameterize_attentions,
     reparameterize_layernorms,
+    rotate_qk,
 )
 from .serialize import load_quantized, save_quantized
 from .sites import SITE_KINDS, Site, find_sites
@@ -92,6 +93,7 @@ __all__ = [
     "layernorm_factors",
     "reparameterize_attentions",
     "reparameterize_layernorms",
+    "rotate_qk",
     "reparam_record",
     "save_quantized",
     "load_quantized",

@@ -16,7 +16,7 @@ from .calibration import OBJECTIVES, SEARCHES, calibrate_model, calibration_batc
 from .config import QuantConfig, suggest
 from .gptq import gptq_
 from .placement import INFO, apply_quantization, is_quantized
-from .reparam import fold_gelu_shift, reparameterize_attentions, reparameterize_layernorms
+from .reparam import fold_gelu_shift, reparameterize_attentions, reparameterize_layernorms, rotate_qk
 from .sites import find_sites, layernorm_consumers
 
 __all__ = ["quantize_"]
@@ -39,10 +39,14 @@ def fold_reparameterisations(
     samples: int = 2048,
     seed: int = 0,
 ) -> None:
-    """Fold what ``cfg`` asks for into ``model`` (float outputs unchanged): AdaLog's post-GELU
+    """Fold what ``cfg`` asks for into ``model`` (float outputs unchanged): the q/k rotation of
+    the attentions whose q or k is quantized, AdaLog's post-GELU
     shift where ``fc2``'s input is quantized, RepQ-ViT's post-LN reparameterisation of the
     LayerNorms whose consumers have a uniform input quantizer, and the same for the attention
     outputs where ``proj``'s input quantizer is uniform (``specs``: site name -> spec)."""
+    if cfg.qk_rotation:
+        attns = [f"blocks.{i}.attn" for i in range(len(model.blocks))]
+        rotate_qk(model, [a for a in attns if specs.get(f"{a}.q") or specs.get(f"{a}.k")], seed=seed)
     if cfg.gelu_shift:
         mlps = [n[: -len(".fc2.input")] for n, s in specs.items() if n.endswith("mlp.fc2.input") and s]
         fold_gelu_shift(model, mlps)

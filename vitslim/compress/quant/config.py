@@ -113,7 +113,9 @@ class QuantConfig:
     channel-wise post-LayerNorm ranges into the LayerNorm and the next Linear (RepQ-ViT) with
     the target ``"mean"``, ``"median"`` or ``"mad"`` (see ``reparam.py``); ``attn_reparam`` does the
     same for the attention outputs (``proj``'s input, folded into v and ``proj``); ``gelu_shift``
-    folds the post-GELU shift into fc2's bias (AdaLog). The default is W8A8 uniform.
+    folds the post-GELU shift into fc2's bias (AdaLog); ``qk_rotation`` rotates q and k of every
+    head by one orthogonal (Hadamard) matrix folded into ``qkv`` (q·kᵀ unchanged, outlier
+    channels spread before the per-tensor q and k quantizers). The default is W8A8 uniform.
     """
 
     weight: SiteSpec | None = _weight(8)
@@ -127,6 +129,7 @@ class QuantConfig:
     ln_reparam: str | None = None
     attn_reparam: str | None = None
     gelu_shift: bool = False
+    qk_rotation: bool = False
 
     def __post_init__(self) -> None:
         for kind in SITE_KINDS:
@@ -153,8 +156,9 @@ class QuantConfig:
                     f"unknown attn_reparam target {self.attn_reparam!r}{suggest(self.attn_reparam, LN_TARGETS)} "
                     f"(choose from {', '.join(LN_TARGETS)} or None)"
                 )
-        if not isinstance(self.gelu_shift, bool):
-            raise UserError(f"gelu_shift must be true or false, got {self.gelu_shift!r}")
+        for flag in ("gelu_shift", "qk_rotation"):
+            if not isinstance(getattr(self, flag), bool):
+                raise UserError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
 
     # ------------------------------------------------------------------ resolving
     def spec_for(self, site: Site) -> SiteSpec | None:
@@ -224,6 +228,7 @@ class QuantConfig:
         out["ln_reparam"] = self.ln_reparam
         out["attn_reparam"] = self.attn_reparam
         out["gelu_shift"] = self.gelu_shift
+        out["qk_rotation"] = self.qk_rotation
         return out
 
     @classmethod
@@ -237,7 +242,7 @@ class QuantConfig:
             if not isinstance(overrides, Mapping):
                 raise UserError("'overrides' must map site-name patterns to specs (or null)")
             kw["overrides"] = {p: SiteSpec.from_dict(s, f"override {p!r}") for p, s in overrides.items()}
-        for key in ("ln_reparam", "attn_reparam", "gelu_shift"):
+        for key in ("ln_reparam", "attn_reparam", "gelu_shift", "qk_rotation"):
             if key in data:
                 kw[key] = data[key]
         return cls(**kw)
@@ -266,7 +271,9 @@ def _check_spec(kind: str, spec: SiteSpec, where: str) -> None:
 PRESETS = {
     "w8a8": lambda: QuantConfig.uniform(8, 8),
     "w6a6": lambda: QuantConfig.uniform(6, 6),
-    "w6a6-log": lambda: QuantConfig.log(6, 6, softmax="logsqrt2", gelu="adalog", ln_reparam="mad", attn_reparam="mad"),
+    "w6a6-log": lambda: QuantConfig.log(
+        6, 6, softmax="logsqrt2", gelu="adalog", ln_reparam="mad", attn_reparam="mad", qk_rotation=True
+    ),
     "w4a4-uniform": lambda: QuantConfig.uniform(4, 4),
     "w4a4-adalog": lambda: QuantConfig.log(4, 4, softmax="adalog", gelu="adalog", attn_reparam="mad"),
     "w4a4-tanq": lambda: QuantConfig.log(4, 4, softmax="tanq", gelu=None, attn_reparam="mad"),

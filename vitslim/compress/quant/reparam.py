@@ -12,6 +12,11 @@
 * Attention output: the same folding on ``proj``'s input, with v's rows of ``qkv`` in the
   LayerNorm's role (``v ← v/r - b`` passes through ``attn @ v`` unchanged because every
   attention row sums to one).
+* q/k rotation: ``q ← q·R``, ``k ← k·R`` in every head with one orthogonal ``R`` (Hadamard
+  when the head size is a power of two), folded into ``qkv``'s q and k rows (``W ← Rᵀ·W``,
+  ``c ← Rᵀ·c``): ``q·kᵀ = q·R·Rᵀ·kᵀ`` is unchanged, and a few large channels are spread over
+  all of them before the per-tensor q and k quantizers (the rotation idea of QuaRot, applied
+  to the attention scores).
 * Post-GELU shift (AdaLog): the MLP activation outputs ``GELU(x) + c`` (``c = 0.16997``, so
   the values are non-negative for the log quantizers) and fc2's bias absorbs it:
   ``bias ← bias - c·W.sum(1)``.
@@ -22,6 +27,7 @@ saved quantized model can be rebuilt; float outputs are unchanged up to rounding
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -42,6 +48,9 @@ __all__ = [
     "layernorm_factors",
     "reparameterize_attentions",
     "reparameterize_layernorms",
+    "head_rotation",
+    "rotate_attention_qk",
+    "rotate_qk",
     "reparam_record",
     "apply_reparam_structure",
 ]
@@ -241,6 +250,44 @@ def reparameterize_attentions(
         record["bias_added"].extend(f"{name}.{leaf}" for leaf in ("qkv", "proj") if getattr(attn, leaf) in added)
         record["attentions"].append(name)
     return names
+
+
+def head_rotation(size: int, seed: int = 0) -> Tensor:
+    """An orthogonal ``size x size`` matrix: Sylvester's Hadamard matrix over ``sqrt(size)`` when
+    ``size`` is a power of two, else a seeded random orthogonal one (float64)."""
+    if size & (size - 1) == 0:
+        h = torch.ones(1, 1, dtype=torch.float64)
+        while h.shape[0] < size:
+            h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)])
+        return h / math.sqrt(size)
+    q, r = torch.linalg.qr(torch.randn(size, size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    return q * torch.sign(torch.diagonal(r))
+
+
+def rotate_attention_qk(attn: nn.Module, rotation: Tensor) -> None:
+    """``q ← q·R`` and ``k ← k·R`` in every head of a timm ``Attention``, folded into ``qkv``."""
+    rows = 2 * attn.num_heads * attn.head_dim
+    r = rotation.to(torch.float64)
+    with torch.no_grad():
+        w = attn.qkv.weight[:rows].double().reshape(2 * attn.num_heads, attn.head_dim, -1)
+        attn.qkv.weight[:rows] = torch.einsum("ji,hjc->hic", r, w).reshape(rows, -1).to(attn.qkv.weight.dtype)
+        if attn.qkv.bias is not None:
+            b = attn.qkv.bias[:rows].double().reshape(2 * attn.num_heads, attn.head_dim)
+            attn.qkv.bias[:rows] = (b @ r).reshape(-1).to(attn.qkv.bias.dtype)
+
+
+def rotate_qk(model: nn.Module, names: Iterable[str], seed: int = 0) -> list[str]:
+    """:func:`rotate_attention_qk` on the attentions ``names`` whose q and k see no norm (a
+    LayerNorm on q or k does not commute with a rotation); returns those rotated."""
+    rotated = []
+    for name in names:
+        attn = model.get_submodule(name)
+        if all(isinstance(getattr(attn, n, nn.Identity()), nn.Identity) for n in ("q_norm", "k_norm")):
+            rotate_attention_qk(attn, head_rotation(attn.head_dim, seed))
+            rotated.append(name)
+    record = _record(model, "qk_rotation", {"attentions": []})
+    record["attentions"].extend(rotated)
+    return rotated
 
 
 def apply_reparam_structure(model: nn.Module, record: Mapping[str, Any]) -> None:
