@@ -40,12 +40,12 @@ def fold_reparameterisations(
     seed: int = 0,
 ) -> None:
     """Fold what ``cfg`` asks for into ``model`` (float outputs unchanged): the q/k rotation of
-    the attentions whose q or k is quantized, AdaLog's post-GELU
-    shift where ``fc2``'s input is quantized, RepQ-ViT's post-LN reparameterisation of the
-    LayerNorms whose consumers have a uniform input quantizer, and the same for the attention
-    outputs where ``proj``'s input quantizer is uniform (``specs``: site name -> spec)."""
+    the attentions whose q or k is quantized, AdaLog's post-GELU shift where ``fc2``'s input is
+    quantized, RepQ-ViT's post-LN reparameterisation of the LayerNorms whose consumers have a
+    uniform input quantizer, and the same for the attention outputs where ``proj``'s input
+    quantizer is uniform (``specs``: site name -> spec)."""
+    attns = [f"blocks.{i}.attn" for i in range(len(model.blocks))]
     if cfg.qk_rotation:
-        attns = [f"blocks.{i}.attn" for i in range(len(model.blocks))]
         rotate_qk(model, [a for a in attns if specs.get(f"{a}.q") or specs.get(f"{a}.k")], seed=seed)
     if cfg.gelu_shift:
         mlps = [n[: -len(".fc2.input")] for n, s in specs.items() if n.endswith("mlp.fc2.input") and s]
@@ -55,7 +55,6 @@ def fold_reparameterisations(
         bits = {n: s.bits for n, linears in consumers.items() if _uniform(s := specs.get(f"{linears[0]}.input"))}
         reparameterize_layernorms(model, batches, bits, target=cfg.ln_reparam, samples=samples, seed=seed)
     if cfg.attn_reparam:
-        attns = [f"blocks.{i}.attn" for i in range(len(model.blocks))]
         bits = {a: s.bits for a in attns if _uniform(s := specs.get(f"{a}.proj.input"))}
         reparameterize_attentions(model, batches, bits, target=cfg.attn_reparam, samples=samples, seed=seed)
 

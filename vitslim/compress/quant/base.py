@@ -258,7 +258,11 @@ class Quantizer(nn.Module):
         """Fake quantization: ``dequantize(quantize(x))`` in the dtype of ``x``."""
         if not torch.is_floating_point(x):
             raise TypeError(f"fake quantization expects a float tensor, got {x.dtype}")
-        return self.dequantize(self.quantize(x)).to(x.dtype)
+        return self._fake_quantize(x).to(x.dtype)
+
+    def _fake_quantize(self, x: Tensor) -> Tensor:
+        """``dequantize(quantize(x))`` of a float tensor (subclasses compute it faster)."""
+        return self.dequantize(self.quantize(x))
 
     @torch.no_grad()
     def levels(self) -> Tensor:
@@ -368,14 +372,12 @@ class UnsignedQuantizer(Quantizer):
         v = self._decode(codes.to(torch.int64), self._params())
         return v - self.shift if self.shift else v
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``dequantize(quantize(x))``, decoding through a table of the ``2^b`` values (one
-        gather instead of the element-wise decode: the same values, several times faster)."""
-        if not torch.is_floating_point(x):
-            raise TypeError(f"fake quantization expects a float tensor, got {x.dtype}")
+    def _fake_quantize(self, x: Tensor) -> Tensor:
+        """Decoding through a table of the ``2^b`` values (one gather instead of the element-wise
+        decode: the same values, several times faster)."""
         codes = self.quantize(x)
         table = self.dequantize(torch.arange(self.code_range()[1] + 1, device=codes.device))
-        return table.take(codes.to(torch.int64)).to(x.dtype)
+        return table.take(codes.to(torch.int64))
 
     @staticmethod
     def _positive_max(u: Tensor) -> float:

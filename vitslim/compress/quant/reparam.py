@@ -264,16 +264,16 @@ def head_rotation(size: int, seed: int = 0) -> Tensor:
     return q * torch.sign(torch.diagonal(r))
 
 
+@torch.no_grad()
 def rotate_attention_qk(attn: nn.Module, rotation: Tensor) -> None:
     """``q ← q·R`` and ``k ← k·R`` in every head of a timm ``Attention``, folded into ``qkv``."""
     rows = 2 * attn.num_heads * attn.head_dim
     r = rotation.to(torch.float64)
-    with torch.no_grad():
-        w = attn.qkv.weight[:rows].double().reshape(2 * attn.num_heads, attn.head_dim, -1)
-        attn.qkv.weight[:rows] = torch.einsum("ji,hjc->hic", r, w).reshape(rows, -1).to(attn.qkv.weight.dtype)
-        if attn.qkv.bias is not None:
-            b = attn.qkv.bias[:rows].double().reshape(2 * attn.num_heads, attn.head_dim)
-            attn.qkv.bias[:rows] = (b @ r).reshape(-1).to(attn.qkv.bias.dtype)
+    w = attn.qkv.weight[:rows].double().reshape(2 * attn.num_heads, attn.head_dim, -1)
+    attn.qkv.weight[:rows] = torch.einsum("ji,hjc->hic", r, w).reshape(rows, -1).to(attn.qkv.weight.dtype)
+    if attn.qkv.bias is not None:
+        b = attn.qkv.bias[:rows].double().reshape(2 * attn.num_heads, attn.head_dim)
+        attn.qkv.bias[:rows] = (b @ r).reshape(-1).to(attn.qkv.bias.dtype)
 
 
 def rotate_qk(model: nn.Module, names: Iterable[str], seed: int = 0) -> list[str]:

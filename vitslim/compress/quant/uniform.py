@@ -189,16 +189,13 @@ class UniformQuantizer(Quantizer):
         z = self._broadcast(self.zero_point, codes)
         return (codes.to(torch.int32) - z).float() * s
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``dequantize(quantize(x))`` computed in place in float32 (the codes are integers, exact
-        in float32): one buffer instead of the int32 round trip, about half the time."""
-        if not torch.is_floating_point(x):
-            raise TypeError(f"fake quantization expects a float tensor, got {x.dtype}")
+    def _fake_quantize(self, x: Tensor) -> Tensor:
+        """Computed in place in float32 (the codes are integers, exact in float32): one buffer
+        instead of the int32 round trip, about half the time."""
         self._check_calibrated()
         s = self._broadcast(self.scale, x)
         z = self._broadcast(self.zero_point, x).float()
-        q = torch.div(x.float(), s).round_().add_(z).clamp_(self.qmin, self.qmax).sub_(z).mul_(s)
-        return q.to(x.dtype)
+        return torch.div(x.float(), s).round_().add_(z).clamp_(self.qmin, self.qmax).sub_(z).mul_(s)
 
     def clip_range(self) -> tuple[Tensor, Tensor]:
         """Representable range ``[(qmin - z)·s, (qmax - z)·s]`` (per channel when
