@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 
 from tests.helpers import images, meaningful_vit, run, uniform_cfg
 from vitslim.compress.hessian import relative_output_error
 from vitslim.compress.quant import create_quantizer, quant_points, quantization_info, quantize_
 from vitslim.compress.quant.gptq import gptq_round
+from vitslim.compress.quant.placement import point_owner
 from vitslim.compress.quant.stage import QuantStage
 from vitslim.compress.sparsity import holds_24, sparsify_
 from vitslim.errors import UserError
+from vitslim.export.qdq import CODES_SUFFIX, export_quantized_onnx
+from vitslim.export.validate import validate_onnx
 
 
 def correlated_layer(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,11 +94,25 @@ def test_stage_option() -> None:
         QuantStage.from_dict({"gptq": "yes"})
 
 
-def test_gptq_model_exports_exactly(tmp_path) -> None:
-    from vitslim.export.qdq import export_quantized_onnx
-    from vitslim.export.validate import validate_onnx
-
+def test_gptq_weights_export_exactly(tmp_path) -> None:
+    """The ONNX file stores GPTQ's codes and scales: dequantized, they are the weights PyTorch uses.
+    End to end, float sums of ORT and PyTorch differ in the last bits, so an activation on a
+    rounding boundary may move one step (seen on CI: 0.018 on logits of about 3)."""
     q = quantize_(meaningful_vit("vit"), uniform_cfg(4, 8), images(16), gptq=True, progress=False)
     result = export_quantized_onnx(q, tmp_path / "gptq.onnx", (3, 32, 32))
-    check = validate_onnx(q, result.path, images(16, seed=3), max_abs_diff=1e-4, optimize=False, threads=1)
+    graph = onnx.load(str(result.path)).graph
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    dequantizers = {n.input[0]: n for n in graph.node if n.op_type == "DequantizeLinear"}
+    weights = {name: p for name, p in quant_points(q).items() if p.kind == "weight" and p.enabled}
+    assert len(weights) == 10
+    for site, point in weights.items():
+        codes_name = site[: -len(".weight")] + CODES_SUFFIX
+        codes, scale = inits[codes_name], inits[dequantizers[codes_name].input[1]]
+        used = point.quantizer(point_owner(q, point).weight).detach().numpy()
+        if site.startswith("blocks."):  # MatMul weights are stored [in, out], scales per output column
+            codes, scale = codes.T, scale[:, None]
+        else:
+            scale = scale.reshape(-1, *[1] * (codes.ndim - 1))
+        assert np.array_equal(codes.astype(np.float32) * scale, used), site
+    check = validate_onnx(q, result.path, images(16, seed=3), max_abs_diff=5e-2, optimize=False, threads=1)
     assert check.passed and check.top1_agreement == 1.0
