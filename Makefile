@@ -32,7 +32,7 @@ demo: install data
 	$(BIN)/vitslim demo --out $(DEMO_OUT) --overwrite
 
 test: install data
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=10
 
 bench: install data
 	$(BIN)/python benchmarks/bench_fp32.py
