@@ -37,6 +37,9 @@ def test_config_keys_override_the_preset_and_round_trip() -> None:
     assert stage.config.post_softmax.quantizer == "adalog" and stage.config.overrides == {"head.*": None}
     assert (stage.images, stage.sequential, stage.search) == (8, True, "mse")
     assert QuantStage.from_dict(stage.to_dict()) == stage
+    assert stage.describe() == "w4a4-adalog (8 calibration images, mse search, sequential)"
+    cosine = QuantStage.from_dict({"preset": "w8a8", "objective": "cosine", "images": 4})
+    assert cosine.describe() == "w8a8 (4 calibration images, mse search, cosine objective)"
     assert QuantStage.from_dict({}).config == QuantConfig()  # W8A8 default
 
 

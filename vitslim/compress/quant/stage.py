@@ -80,6 +80,7 @@ class QuantStage:
         bits = f"W{_bits(self.config.weight)}A{_bits(self.config.post_ln)}"
         what = self.preset or f"custom {bits}"
         how = f"{self.images} calibration images, {self.search} search"
+        how += "" if self.objective == "mse" else f", {self.objective} objective"
         how += (", sequential" if self.sequential else "") + (", GPTQ weights" if self.gptq else "")
         mp = self.mixed_precision
         if mp is not None:
