@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import onnx
 import timm
 import torch
 import torch.nn.functional as F
+from onnx import numpy_helper
 from PIL import Image
 
 from vitslim.compress.quant import QuantConfig, SiteSpec
+from vitslim.export.qdq import CODES_SUFFIX
 
 # Tiny members of the timm ViT families vitslim supports: plain ViT, DeiT-style, DINOv2-style
 # (layer-scale + register tokens) and a class-token-free model with average pooling.
@@ -79,3 +83,11 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 def run(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(x)
+
+
+def stored_weight(graph: onnx.GraphProto, site: str) -> tuple[np.ndarray, np.ndarray, onnx.NodeProto]:
+    """The integer codes and scales a Q/DQ export stores for weight ``site``, and their DequantizeLinear."""
+    name = site[: -len(".weight")] + CODES_SUFFIX
+    inits = {t.name: t for t in graph.initializer}
+    dq = next(n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] == name)
+    return numpy_helper.to_array(inits[name]), numpy_helper.to_array(inits[dq.input[1]]), dq

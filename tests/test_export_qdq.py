@@ -14,7 +14,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from tests.helpers import images, meaningful_vit, uniform_cfg
+from tests.helpers import images, meaningful_vit, stored_weight, uniform_cfg
 from vitslim.compress.quant import QuantConfig, SiteSpec, create_quantizer, quant_points, quantize_
 from vitslim.compress.quant.placement import point_owner
 from vitslim.compress.tokens import TokenMergeConfig, apply_token_reduction
@@ -124,20 +124,16 @@ def _check_layout(model: torch.nn.Module, graph: onnx.ModelProto) -> None:
             assert [u.op_type for u in users] == ["DequantizeLinear"]
         if node.op_type in ("MatMul", "Gemm"):  # both operands come straight from a DequantizeLinear
             assert [producer[i].op_type for i in node.input[:2]] == ["DequantizeLinear"] * 2, node.name
-    inits = {t.name: t for t in graph.graph.initializer}
     for site in weights:
         point = points[site]
-        owner = site[: -len(".weight")]
-        codes = inits[owner + CODES_SUFFIX]
-        dq = next(n for n in nodes if n.op_type == "DequantizeLinear" and n.input[0] == codes.name)
+        stored, scale, dq = stored_weight(graph.graph, site)
         axis = next(a.i for a in dq.attribute if a.name == "axis")
-        stored = numpy_helper.to_array(codes)
         expected = point.quantizer.quantize(point_owner(model, point).weight).numpy()
         if site.startswith("blocks."):  # MatMul weights are stored [in, out], scales per output column
             assert axis == 1 and np.array_equal(stored, expected.T)
         else:  # the patch-embedding Conv and the head Gemm keep the PyTorch layout
             assert axis == 0 and np.array_equal(stored, expected)
-        assert numpy_helper.to_array(inits[dq.input[1]]).shape == (stored.shape[axis],)
+        assert scale.shape == (stored.shape[axis],)
         assert len(dq.input) == 2  # symmetric: no zero point
 
 

@@ -9,9 +9,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import numpy_helper
 
-from tests.helpers import images, meaningful_vit, run, uniform_cfg
+from tests.helpers import images, meaningful_vit, run, stored_weight, uniform_cfg
 from vitslim.compress.hessian import relative_output_error
 from vitslim.compress.quant import create_quantizer, quant_points, quantization_info, quantize_
 from vitslim.compress.quant.gptq import gptq_round
@@ -19,7 +18,7 @@ from vitslim.compress.quant.placement import point_owner
 from vitslim.compress.quant.stage import QuantStage
 from vitslim.compress.sparsity import holds_24, sparsify_
 from vitslim.errors import UserError
-from vitslim.export.qdq import CODES_SUFFIX, export_quantized_onnx
+from vitslim.export.qdq import export_quantized_onnx
 from vitslim.export.validate import validate_onnx
 
 
@@ -101,13 +100,10 @@ def test_gptq_weights_export_exactly(tmp_path) -> None:
     q = quantize_(meaningful_vit("vit"), uniform_cfg(4, 8), images(16), gptq=True, progress=False)
     result = export_quantized_onnx(q, tmp_path / "gptq.onnx", (3, 32, 32))
     graph = onnx.load(str(result.path)).graph
-    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    dequantizers = {n.input[0]: n for n in graph.node if n.op_type == "DequantizeLinear"}
     weights = {name: p for name, p in quant_points(q).items() if p.kind == "weight" and p.enabled}
     assert len(weights) == 10
     for site, point in weights.items():
-        codes_name = site[: -len(".weight")] + CODES_SUFFIX
-        codes, scale = inits[codes_name], inits[dequantizers[codes_name].input[1]]
+        codes, scale, _ = stored_weight(graph, site)
         used = point.quantizer(point_owner(q, point).weight).detach().numpy()
         if site.startswith("blocks."):  # MatMul weights are stored [in, out], scales per output column
             codes, scale = codes.T, scale[:, None]
