@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,6 +43,17 @@ def assert_user_error(result, pattern: str) -> None:
     lines = result.stderr.strip().splitlines()
     assert [line for line in lines if line.startswith("Error:")] == [lines[-1]], result.stderr
     assert pattern in lines[-1], result.stderr
+
+
+def test_help_does_not_load_torch() -> None:
+    """``vitslim --help`` answers without importing torch and timm (14 s on the 2-core VM)."""
+    code = (
+        "import sys; from click.testing import CliRunner; from vitslim.cli import cli; "
+        "result = CliRunner().invoke(cli, ['--help']); assert result.exit_code == 0 and 'compress' in result.output; "
+        "print(sorted(m for m in ('torch', 'timm', 'onnx') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stderr
 
 
 def test_info_json(tmp_path: Path) -> None:

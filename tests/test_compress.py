@@ -63,6 +63,8 @@ def check_report(report: dict, out: Path) -> None:
             assert check["layers"] == layers
             assert check["pattern_in_model"] == check["pattern_in_onnx"] == check["onnx_layers_found"] == layers
         assert len(variants[stages.index("sparsity")]["sparsity"]["per_layer"]) == layers
+        # weights only: its ONNX file is its base's traced graph with the new weights (parity checked below)
+        assert variants[stages.index("sparsity")]["onnx"]["graph_of"] == ["fp32", *stages][stages.index("sparsity")]
     if "quant" in stages:
         cfg = report["recipe"]["stages"]["quant"]["config"]
         sites = variants[-1]["quantization"]["sites"]
@@ -141,6 +143,8 @@ def test_alone_measures_each_later_stage_on_the_fp32_model(tmp_path: Path, image
     assert sparse["quantization"] is None and quant["quantization"] is not None
     assert sparse["sparsity"]["pattern_in_onnx"] == TINY_DEPTH and len(sparse["sparsity"]["per_layer"]) == TINY_DEPTH
     assert "sparsity" not in quant and stacked[-1]["sparsity"]["pattern_in_model"] == TINY_DEPTH
+    assert [v["onnx"].get("graph_of") for v in report["variants"]] == [None, "fp32", None, None, "tokens", None]
+    assert "model_sparsity.onnx is the ONNX graph traced for tokens with sparsity's weights" in result.output
     assert "per_layer" not in stacked[-1]["sparsity"] and quant["mixed_precision"]["costs"]["avg_weight_bits"] <= 6
     assert all(v["onnx"]["validation"]["passed"] for v in report["variants"])
     assert {lat["runtime"] for v in report["variants"] for lat in v["latency"]} == {"onnxruntime"}

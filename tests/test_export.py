@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import onnx
+import onnx_ir as ir
 import pytest
 import torch
 
 from tests.helpers import tiny_vit
 from vitslim.compress.tokens import TokenMergeConfig, apply_token_reduction
 from vitslim.errors import UserError
-from vitslim.export.onnx_export import check_parity, export_onnx
+from vitslim.export.onnx_export import check_parity, export_onnx, save_onnx, trace_onnx, with_weights
 
 
 def test_export_parity_every_family(tmp_path: Path, tiny_family: str) -> None:
@@ -28,19 +30,47 @@ def test_export_parity_every_family(tmp_path: Path, tiny_family: str) -> None:
         assert parity.top1_agreement == 1.0
 
 
-def test_light_optimization_folds_the_graph_and_keeps_outputs(tmp_path: Path) -> None:
-    """``optimize`` folds the shape arithmetic of a token-merging graph and lifts its constants
-    to initializers; ONNX Runtime gives the same outputs as from the raw export."""
+INPUTS = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def merged() -> tuple[torch.nn.Module, ir.Model]:
+    """A tiny token-merging ViT and its traced graph (tracing is the slow part: done once)."""
     model = apply_token_reduction(tiny_vit("vit"), TokenMergeConfig(r=4))
-    raw = export_onnx(model, tmp_path / "raw.onnx", (3, 32, 32), optimize=False)
-    light = export_onnx(model, tmp_path / "light.onnx", (3, 32, 32))
+    return model, trace_onnx(model, (3, 32, 32))
+
+
+def test_light_optimization_folds_the_graph_and_keeps_outputs(tmp_path: Path, merged) -> None:
+    """``optimize`` folds the shape arithmetic of a token-merging graph and lifts its constants
+    to initializers; ONNX Runtime gives the same outputs as from the raw graph."""
+    model, graph = merged
+    raw = save_onnx(graph, tmp_path / "raw.onnx", optimize=False)
+    light = save_onnx(graph, tmp_path / "light.onnx")
     raw_nodes, light_nodes = onnx.load(str(raw)).graph.node, onnx.load(str(light)).graph.node
     assert len(light_nodes) < 0.7 * len(raw_nodes)
     assert not [n for n in light_nodes if n.op_type == "Constant"]
-    inputs = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     for path in (raw, light):
-        parity = check_parity(model, path, inputs)
+        parity = check_parity(model, path, INPUTS)
         assert parity.max_abs_diff < 1e-4 and parity.top1_agreement == 1.0
+
+
+def test_traced_graph_takes_new_weights(tmp_path: Path, merged) -> None:
+    """A graph traced once is written with the weights of a model that differs by its weights
+    only; the traced graph itself is left as it was; a model of another shape is refused."""
+    model, graph = merged
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        for param in changed.parameters():
+            param.mul_(1.5)
+    for net, path in (
+        (changed, save_onnx(with_weights(graph, changed), tmp_path / "changed.onnx")),
+        (model, save_onnx(graph, tmp_path / "original.onnx")),
+    ):
+        parity = check_parity(net, path, INPUTS)
+        assert parity.max_abs_diff < 1e-4 and parity.top1_agreement == 1.0
+    assert check_parity(model, tmp_path / "changed.onnx", INPUTS).max_abs_diff > 1e-2
+    with pytest.raises(ValueError, match="no state_dict entry"):
+        with_weights(graph, tiny_vit("vit", embed_dim=48))
 
 
 def test_failed_export_leaves_nothing(tmp_path: Path) -> None:

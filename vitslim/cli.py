@@ -17,9 +17,9 @@ import yaml
 from vitslim import __version__
 from vitslim.errors import UserError
 from vitslim.files import atomic_write_json, ensure_parent_dir
-from vitslim.models import LoadedModel, load_model
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch and timm load only when a command runs: `vitslim --help` and usage errors are instant
+    from vitslim.models import LoadedModel
     from vitslim.recipes import Recipe
 
 DEFAULT_BATCH_SIZES = "1,16"
@@ -94,6 +94,8 @@ def model_options(command: Callable) -> Callable:
         model_args: dict[str, Any],
         **kwargs: Any,
     ) -> Any:
+        from vitslim.models import load_model
+
         loaded = load_model(model_name, checkpoint, num_classes, pretrained=not random_init, model_args=model_args)
         return command(loaded=loaded, **kwargs)
 
@@ -507,6 +509,7 @@ def demo(
 ) -> None:
     """The whole pipeline on the embedded demo model: fp32, PTQ alone, then each cumulative stage
     of the `full` recipe (ToMe, + 2:4, + mixed-precision PTQ), exported, validated and measured."""
+    from vitslim.models import load_model
     from vitslim.recipes import load_recipe
 
     _compress_and_report(

@@ -8,7 +8,9 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import onnx_ir as ir
 import torch
 from torch.utils.data import DataLoader
 
@@ -28,7 +30,7 @@ from vitslim.evaluate.latency import (
     torch_threads,
 )
 from vitslim.export.manifest import precision_table
-from vitslim.export.onnx_export import DEFAULT_OPSET, export_onnx
+from vitslim.export.onnx_export import DEFAULT_OPSET, save_onnx, trace_onnx, with_weights
 from vitslim.export.qdq import QDQ_OPSET, export_quantized_onnx
 from vitslim.models import LoadedModel
 
@@ -148,15 +150,36 @@ def model_summary(loaded: LoadedModel) -> dict:
     }
 
 
-def export_variant(model: torch.nn.Module, path: Path, input_size: tuple[int, int, int]) -> tuple[Path, int, dict]:
+def export_variant(
+    model: torch.nn.Module,
+    path: Path,
+    input_size: tuple[int, int, int],
+    graphs: dict[str, ir.Model] | None = None,
+    name: str = "",
+    reuse: str | None = None,
+) -> tuple[Path, int, dict]:
     """Export ``model`` to ``path``: explicit Q/DQ when it is quantized, plain FP32 otherwise.
-    Returns the path, the opset and what the quantized export says about its sites. A model on a
-    GPU is exported from a CPU copy."""
+    Returns the path, the opset and what the export says about itself. A model on a GPU is
+    exported from a CPU copy. ``graphs``: the traced graphs of float exports, by variant name;
+    this one's is kept under ``name``. ``reuse``: a variant in ``graphs`` that differs from this
+    one by its weights only: its graph is written with this model's weights instead of tracing
+    again (tracing a ViT with token merging takes 25-60 s)."""
     if module_device(model).type != "cpu":
         model = copy.deepcopy(model).cpu()
     if not is_quantized(model):
-        path = export_onnx(model, path, input_size, opset=DEFAULT_OPSET)
-        return path, DEFAULT_OPSET, {"format": "fp32"}
+        info: dict[str, Any] = {"format": "fp32"}
+        graph = None
+        if graphs is not None and reuse in graphs:
+            try:
+                graph = with_weights(graphs[reuse], model)
+                info["graph_of"] = reuse
+            except ValueError as exc:
+                log.info("%s: traced again, the graph of %s does not fit (%s)", name, reuse, exc)
+        if graph is None:
+            graph = trace_onnx(model, input_size, opset=DEFAULT_OPSET)
+        if graphs is not None:
+            graphs[name] = graph
+        return save_onnx(graph, path), DEFAULT_OPSET, info
     export = export_quantized_onnx(model, path, input_size, opset=QDQ_OPSET)
     info = {
         "format": "qdq",
@@ -210,10 +233,13 @@ def measure_variant(
     loaded: LoadedModel,
     settings: MeasureSettings,
     reference: Outputs | None = None,
+    graphs: dict[str, ir.Model] | None = None,
+    reuse: str | None = None,
 ) -> tuple[dict, Outputs]:
     """Evaluate ``model`` in PyTorch (fidelity against ``reference``, itself when None), export it
-    to ``<out_dir>/model_<name>.onnx``, check the export on the same data and time PyTorch and
-    ONNX Runtime. Returns the report variant and the PyTorch outputs."""
+    to ``<out_dir>/model_<name>.onnx`` (``graphs`` and ``reuse``: :func:`export_variant`), check
+    the export on the same data and time PyTorch and ONNX Runtime. Returns the report variant
+    and the PyTorch outputs."""
     classifier = loaded.num_classes > 0
     data, threads, progress = settings.data, settings.threads, settings.progress
     timing = {"warmup": settings.warmup, "runs": settings.runs}
@@ -222,7 +248,8 @@ def measure_variant(
     scores = score(outputs, reference, classifier)
     log.info("%s: PyTorch %s (%.1f s)", name, _scores_text(scores), time.perf_counter() - start)
     start = time.perf_counter()
-    onnx_path, opset, export_info = export_variant(model, settings.out_dir / f"model_{name}.onnx", loaded.input_size)
+    path = settings.out_dir / f"model_{name}.onnx"
+    onnx_path, opset, export_info = export_variant(model, path, loaded.input_size, graphs, name, reuse)
     log.info(
         "%s: exported %s, %.1f MB (%.1f s)",
         name,

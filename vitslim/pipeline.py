@@ -125,28 +125,36 @@ STAGE_APPLIERS: dict[str, Callable[[torch.nn.Module, Any, StageContext], StageRe
     "sparsity": _apply_sparsity,
     "quant": _apply_quant,
 }
+#: model stages that change weight values only: their variant's ONNX graph is its base's
+WEIGHT_ONLY_STAGES = ("sparsity",)
 #: suffix of the variants that apply one stage alone to the uncompressed model
 ALONE = "-alone"
+#: the uncompressed variant's name
+FP32 = "fp32"
 
 
 @dataclass
 class Variant:
-    """A compressed model to measure: ``stage`` was applied last; ``records`` holds what every
-    stage applied to it recorded (the sparsity layers, the mixed-precision plan), by stage."""
+    """A compressed model to measure: ``stage`` was applied last, to the variant named ``base``;
+    ``records`` holds what every stage applied to it recorded (the sparsity layers, the
+    mixed-precision plan), by stage."""
 
     name: str
     stage: str
+    base: str
     description: str
     model: torch.nn.Module
     records: dict[str, dict[str, Any]]
 
 
-def _apply_stage(model: torch.nn.Module, stage: str, cfg: Any, ctx: StageContext, name: str, records: dict) -> Variant:
+def _apply_stage(
+    model: torch.nn.Module, stage: str, cfg: Any, ctx: StageContext, name: str, base: str, records: dict
+) -> Variant:
     model = copy.deepcopy(model)
     start = time.perf_counter()
     description, record = STAGE_APPLIERS[stage](model, cfg, ctx)
     log.info("stage %s: %s (%.1f s)", name, description, time.perf_counter() - start)
-    return Variant(name, stage, description, model, {**records, **({stage: record} if record else {})})
+    return Variant(name, stage, base, description, model, {**records, **({stage: record} if record else {})})
 
 
 def build_variants(
@@ -163,11 +171,12 @@ def build_variants(
             first = bool(stages) and stage == stages[0][0]
             reason = "is the recipe's first stage (its variant shows it alone)" if first else "is not a model stage"
             raise UserError(f"--alone {stage}: {stage!r} {reason}; choose from: {', '.join(later) or 'none'}")
-    variants = [_apply_stage(model, s, cfg, ctx, s + ALONE, {}) for s, cfg in stages if s in alone]
+    variants = [_apply_stage(model, s, cfg, ctx, s + ALONE, FP32, {}) for s, cfg in stages if s in alone]
     records: dict[str, dict[str, Any]] = {}
+    base = FP32
     for stage, cfg in stages:
-        variants.append(_apply_stage(model, stage, cfg, ctx, stage, records))
-        model, records = variants[-1].model, variants[-1].records
+        variants.append(_apply_stage(model, stage, cfg, ctx, stage, base, records))
+        model, records, base = variants[-1].model, variants[-1].records, stage
     return variants
 
 
@@ -284,13 +293,17 @@ def run_recipe(
     stages = build_variants(loaded.model, recipe, ctx, alone=alone)
     validate = recipe.stages.get("validate", ValidateStage())
     failures: list[str] = []
-    fp32, reference = measure_variant("fp32", "uncompressed model", loaded.model, loaded, settings)
+    graphs: dict[str, Any] = {}  # traced float graphs, by variant: a weight-only stage's export reuses its base's
+    fp32, reference = measure_variant(FP32, "uncompressed model", loaded.model, loaded, settings, graphs=graphs)
     fp32.update(token_stats(loaded.model), quantization=None)
     failures.append(validate_export(fp32, loaded.model, reference, settings, validate))
     variants = [fp32]
     for built in stages:
         model = built.model
-        variant, outputs = measure_variant(built.name, built.description, model, loaded, settings, reference=reference)
+        reuse = built.base if built.stage in WEIGHT_ONLY_STAGES else None
+        variant, outputs = measure_variant(
+            built.name, built.description, model, loaded, settings, reference=reference, graphs=graphs, reuse=reuse
+        )
         variant.update(token_stats(model))
         variant["quantization"] = quant_summary(model)
         if built.stage == "quant" and "quant" in built.records:
@@ -309,6 +322,12 @@ def run_recipe(
     reduced = [v for v in variants[1:] if v["tokens_per_layer"] != fp32["tokens_per_layer"]]
     report["notes"] = [FLOPS_NOTE] + [_token_note(v, fp32) for v in reduced]
     report["notes"] += [_sparsity_note(v) for v in variants if v.get("sparsity")]
+    report["notes"] += [
+        f"{v['name']}: {v['onnx']['file']} is the ONNX graph traced for {v['onnx']['graph_of']} with "
+        f"{v['name']}'s weights (its stage changes weights only)."
+        for v in variants
+        if v["onnx"].get("graph_of")
+    ]
     report["validation_failures"] = failures
     report["notes"] += failures
     export = recipe.stages.get("export")

@@ -22,30 +22,22 @@ from vitslim.errors import UserError
 DEFAULT_OPSET = 18
 
 
-def export_onnx(
+def trace_onnx(
     model: torch.nn.Module,
-    path: str | Path,
     input_size: tuple[int, int, int],
     *,
     opset: int = DEFAULT_OPSET,
     dynamic_batch: bool = True,
-    optimize: bool = True,
-) -> Path:
-    """Export ``model`` (eval mode, CPU) to ``path`` with input ``input`` and output ``output``.
+) -> ir.Model:
+    """The exporter's ONNX graph of ``model`` (eval mode, CPU), input ``input`` and output
+    ``output``, not optimized: its initializers are named after ``model.state_dict()`` keys.
 
-    The batch dimension is dynamic unless ``dynamic_batch`` is false. ``optimize`` folds
-    constants (the shape arithmetic of a dynamic batch included), removes unused nodes and
-    stores constants as initializers (:func:`light_optimize`); ONNX Runtime does its own fusions
-    at load. The file is written to a temporary name in the same folder and renamed, so a failed
-    export leaves nothing behind. A model the exporter cannot trace raises a UserError.
+    The batch dimension is dynamic unless ``dynamic_batch`` is false. A model the exporter
+    cannot trace raises a UserError.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     example = torch.randn(2, *input_size)
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
-    os.close(fd)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
@@ -60,19 +52,65 @@ def export_onnx(
                 external_data=False,
                 optimize=False,
             )
-            if optimize:
-                light_optimize(program.model)
-            program.save(tmp)
-        onnx.checker.check_model(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; an exported model is meant to be shared
-        os.replace(tmp, path)
     except torch.onnx.OnnxExporterError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{type(model).__name__} cannot be exported to ONNX: {reason}") from exc
+    return program.model
+
+
+def with_weights(graph: ir.Model, model: torch.nn.Module) -> ir.Model:
+    """A copy of ``graph`` (a :func:`trace_onnx` graph of a model that differs from ``model`` by
+    its weights only) whose initializers hold ``model``'s current parameters and buffers. Raises
+    ValueError when an initializer has no ``state_dict`` entry of the same shape and type."""
+    state = model.state_dict()
+    copy = graph.clone()
+    for name, value in copy.graph.initializers.items():
+        tensor = state.get(name)
+        new = None if tensor is None else ir.tensor(tensor.detach().cpu().numpy(), name=name)
+        if new is None or new.shape != value.shape or new.dtype != value.dtype:
+            raise ValueError(f"initializer {name!r}: no state_dict entry of shape {value.shape}, type {value.dtype}")
+        value.const_value = new
+    return copy
+
+
+def save_onnx(graph: ir.Model, path: str | Path, *, optimize: bool = True) -> Path:
+    """Write ``graph`` to ``path``, checked by ``onnx.checker``. ``optimize``: a copy is written
+    after :func:`light_optimize` (``graph`` itself is left as it is). The file is written to a
+    temporary name in the same folder and renamed, so a failure leaves nothing behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if optimize:
+        graph = graph.clone()
+        light_optimize(graph)
+    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
+    os.close(fd)
+    try:
+        ir.save(graph, tmp)
+        onnx.checker.check_model(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; an exported model is meant to be shared
+        os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def export_onnx(
+    model: torch.nn.Module,
+    path: str | Path,
+    input_size: tuple[int, int, int],
+    *,
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = True,
+    optimize: bool = True,
+) -> Path:
+    """Export ``model`` to ``path``: :func:`trace_onnx` then :func:`save_onnx`.
+
+    ``optimize`` folds constants (the shape arithmetic of a dynamic batch included), removes
+    unused nodes and stores constants as initializers (:func:`light_optimize`); ONNX Runtime
+    does its own fusions at load. A failed export leaves nothing behind.
+    """
+    return save_onnx(trace_onnx(model, input_size, opset=opset, dynamic_batch=dynamic_batch), path, optimize=optimize)
 
 
 def light_optimize(model: ir.Model) -> None:
