@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ import torch
 from onnx_ir.passes.common import LiftConstantsToInitializersPass
 
 from vitslim.errors import UserError
+from vitslim.files import atomic_path
 
 DEFAULT_OPSET = 18
 
@@ -77,22 +76,13 @@ def save_onnx(graph: ir.Model, path: str | Path, *, optimize: bool = True) -> Pa
     """Write ``graph`` to ``path``, checked by ``onnx.checker``. ``optimize``: a copy is written
     after :func:`light_optimize` (``graph`` itself is left as it is). The file is written to a
     temporary name in the same folder and renamed, so a failure leaves nothing behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if optimize:
         graph = graph.clone()
         light_optimize(graph)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         ir.save(graph, tmp)
         onnx.checker.check_model(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; an exported model is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return Path(path)
 
 
 def export_onnx(

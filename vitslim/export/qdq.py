@@ -36,14 +36,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import onnx
+import onnx_ir as ir
 import torch
 import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers torch.ops.quantized_decomposed)
 from torch import Tensor, nn
@@ -53,9 +52,10 @@ from vitslim.compress.quant.base import Quantizer, UnsignedQuantizer
 from vitslim.compress.quant.placement import QuantPoint, point_owner, quant_points
 from vitslim.compress.quant.uniform import UniformQuantizer
 from vitslim.errors import UserError
+from vitslim.files import atomic_path
 
 from .graph import GraphReport, optimize_qdq_graph
-from .onnx_export import export_onnx
+from .onnx_export import light_optimize, trace_onnx
 
 __all__ = [
     "QDQ_OPSET",
@@ -423,30 +423,21 @@ def export_quantized_onnx(
         raise UserError(f"quantized ONNX export needs opset >= 13 (per-axis DequantizeLinear), got {opset}")
     if not quant_points(model):
         raise UserError("model is not quantized: run quantize_(model, cfg, data) first, or use export_onnx")
-    path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     use_int4 = int4_weights and opset >= INT4_OPSET
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.stem}.") as tmp:
-        raw = Path(tmp) / "raw.onnx"
-        quantizers = {name: p.quantizer for name, p in quant_points(model).items() if p.enabled}
-        with qdq_export_mode(model) as modules:
-            export_onnx(model, raw, input_size, opset=opset, dynamic_batch=dynamic_batch)
-        proto = onnx.load(str(raw))
-        int4_sites = {
-            name for name, (point, _, _) in modules.items() if point.kind == "weight" and quantizers[name].bits <= 4
-        }
-        int4_names = {name[: -len(".weight")] + CODES_SUFFIX for name in int4_sites} if use_int4 else set()
-        report = optimize_qdq_graph(proto, int4_initializers=int4_names)
-        onnx.checker.check_model(proto)
-        fd, staged = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
-        os.close(fd)
-        try:
-            onnx.save(proto, staged)
-            os.chmod(staged, 0o644)
-            os.replace(staged, path)
-        finally:
-            if os.path.exists(staged):
-                os.unlink(staged)
+    quantizers = {name: p.quantizer for name, p in quant_points(model).items() if p.enabled}
+    with qdq_export_mode(model) as modules:
+        graph = trace_onnx(model, input_size, opset=opset, dynamic_batch=dynamic_batch)
+        light_optimize(graph)
+        proto = ir.serde.serialize_model(graph)
+    int4_sites = {
+        name for name, (point, _, _) in modules.items() if point.kind == "weight" and quantizers[name].bits <= 4
+    }
+    int4_names = {name[: -len(".weight")] + CODES_SUFFIX for name in int4_sites} if use_int4 else set()
+    report = optimize_qdq_graph(proto, int4_initializers=int4_names)
+    onnx.checker.check_model(proto)
+    with atomic_path(path) as staged:
+        onnx.save(proto, staged)
     sites = [
         _site_record(point, quantizers[name], module, mode, report) for name, (point, module, mode) in modules.items()
     ]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from importlib import metadata, resources
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 
 from vitslim.calib.fashion_mnist import CLASSES as FASHION_MNIST_CLASSES
 from vitslim.errors import UserError
+from vitslim.files import atomic_path
 from vitslim.models.dinov2_onnx import IMG_SIZE, convert_state_dict
 
 ARCH = "vit_small_patch14_dinov2"
@@ -69,15 +69,8 @@ def backbone_state_dict() -> dict[str, torch.Tensor]:
     if cached.is_file():
         return safetensors.torch.load_file(cached)
     state = convert_state_dict(backbone_onnx_path())
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".safetensors", dir=cached.parent)
-    os.close(fd)
-    try:
+    with atomic_path(cached) as tmp:
         safetensors.torch.save_file(state, tmp)
-        os.replace(tmp, cached)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return state
 
 
