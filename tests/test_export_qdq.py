@@ -1,6 +1,6 @@
 """Quantized ONNX export with explicit Q/DQ: bit-exact quantizer emulation in ONNX Runtime, graph
 layout (int8 initializers, DequantizeLinear axes, Q/DQ on MatMul inputs), parity with the PyTorch
-fake-quant model for W8A8, W4A8, log/AdaLog softmax, ToMe and 2:4-sparse weights, and the
+fake-quant model for W8A8, W4A8, log/AdaLog and twin-uniform softmax, ToMe and 2:4-sparse weights, and the
 failed-validation path."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from onnx import numpy_helper
@@ -24,6 +25,7 @@ from vitslim.export.qdq import (
     CODES_SUFFIX,
     ExportAffine,
     ExportStepFunction,
+    ExportTwinUniform,
     export_quantized_onnx,
     step_tables,
 )
@@ -94,6 +96,22 @@ def test_quantizer_is_bit_exact_in_onnxruntime(tmp_path: Path, name: str, bits: 
         assert ("Clip" in ops) == (bits < 8 or options.get("symmetric", False))
     else:
         assert "QuantizeLinear" not in ops and ops <= {"Gather", "GreaterOrEqual", "Where", "Add", "Squeeze", "Cast"}
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_twin_uniform_exports_as_two_qdq_ranges_bit_exact(tmp_path: Path, bits: int) -> None:
+    gen = torch.Generator().manual_seed(bits)
+    data = torch.softmax(torch.randn(64, 50, generator=gen) * 3, -1)
+    quantizer = create_quantizer("twin_uniform", bits).calibrate(data)
+    path = export_onnx(_Wrap(ExportTwinUniform(quantizer)), tmp_path / "twin.onnx", (1,), dynamic_batch=True)
+    x = torch.cat([_probe(quantizer, data), -data[:8].reshape(-1)])
+    out = _ort(path, x[:, None].numpy())[:, 0]
+    expected = quantizer(x).numpy()
+    assert np.array_equal(out, expected), f"{int((out != expected).sum())} of {x.numel()} values differ"
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("QuantizeLinear") == 2 and ops.count("DequantizeLinear") == 2 and "Gather" not in ops
+    with pytest.raises(ValueError, match="shift"):
+        ExportTwinUniform(create_quantizer("twin_uniform", bits, shift=0.17).calibrate(data))
 
 
 def _quantized(cfg, seed: int = 0, prepare=None) -> torch.nn.Module:
@@ -205,6 +223,33 @@ def test_log_softmax_sites_are_emulated(tmp_path: Path) -> None:
     ops = [n.op_type for n in _graph(result.path).graph.node]
     assert ops.count("QuantizeLinear") == len(result.accelerated) - 10 and "Gather" in ops
     assert validate_onnx(model, result.path, images(32, seed=1), max_abs_diff=1e-3, optimize=False, threads=1).passed
+
+
+def test_twin_uniform_softmax_runs_integer_matmuls(tmp_path: Path) -> None:
+    """A twin-uniform post-softmax map is two uint8 Q/DQ ranges; attn·v runs once per range, and
+    ONNX Runtime fuses every MatMul (those four included) into an integer kernel."""
+    model = _quantized(uniform_cfg(8, 8, post_softmax=SiteSpec("twin_uniform", 8)))
+    result = export_quantized_onnx(model, tmp_path / "twin.onnx", INPUT)
+    assert not result.emulated and len(result.accelerated) == 27 and result.graph.split_matmuls == 2
+    twins = [s for s in result.sites if s.quantizer == "twin_uniform"]
+    assert len(twins) == 2 and all(s.onnx_type == "uint8" and "once per range" in s.note for s in twins)
+    nodes = _graph(result.path).graph.node
+    producer = {o: n for n in nodes for o in n.output}
+    matmuls = [n for n in nodes if n.op_type == "MatMul"]
+    assert len(matmuls) == 8 + 2 * 3  # qkv, proj, fc1, fc2 per block; q·kᵀ once, attn·v twice
+    for node in matmuls:
+        assert [producer[i].op_type for i in node.input] == ["DequantizeLinear"] * 2, node.name
+    inputs = images(32, seed=1)
+    # an ulp of difference in ORT's Softmax can move a value across a fine-range step
+    exact = validate_onnx(model, result.path, inputs, max_abs_diff=0.05, optimize=False, threads=1)
+    assert exact.top1_agreement == 1.0 and exact.mean_abs_diff < 1e-3
+    assert validate_onnx(model, result.path, inputs, threshold=0.9, threads=1).passed  # fused integer kernels
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "fused.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(str(result.path), options, providers=["CPUExecutionProvider"])
+    fused = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert "MatMul" not in fused and fused.count("MatMulIntegerToFloat") == len(matmuls)
 
 
 def test_tome_w8a8_export(tmp_path: Path) -> None:

@@ -9,8 +9,11 @@
    scalar into the DequantizeLinear scale, so the MatMul reads the DequantizeLinear directly;
 4. ``QuantizeLinear -> DequantizeLinear -> Transpose -> MatMul`` (the key in ``q @ kᵀ``) becomes
    ``Transpose -> QuantizeLinear -> DequantizeLinear -> MatMul`` (exact for per-tensor Q/DQ);
-5. named weight initializers of <= 4-bit codes are stored as INT4 (opset >= 21);
-6. unused initializers are removed and the nodes re-sorted topologically.
+5. ``Add(DequantizeLinear a, DequantizeLinear b) -> MatMul(·, B)`` (a twin-uniform activation's
+   two ranges) becomes ``Add(MatMul(DQ a, B), MatMul(DQ b, B'))``, ``B'`` a copy of ``B``'s
+   DequantizeLinear, so that each MatMul reads DequantizeLinear nodes only;
+6. named weight initializers of <= 4-bit codes are stored as INT4 (opset >= 21);
+7. unused initializers are removed and the nodes re-sorted topologically.
 
 :func:`graph_report` counts what the graph holds (Q/DQ pairs, integer initializers, Scatter ops).
 """
@@ -47,6 +50,8 @@ class GraphReport:
     folded_scales: int = 0
     moved_transposes: int = 0
     int4_weights: int = 0
+    #: MatMuls run once per range of a twin-uniform input (rule 5)
+    split_matmuls: int = 0
     #: weight initializer -> {"type", "axis", "shape", "consumer"}
     weights: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -212,6 +217,49 @@ def _move_transposes(graph: onnx.GraphProto) -> int:
     return done
 
 
+def _split_summed_matmuls(graph: onnx.GraphProto) -> int:
+    g = _Graph(graph)
+    done = 0
+    for add in list(graph.node):
+        if add.op_type != "Add" or len(add.input) != 2:
+            continue
+        dqs = [g.producer.get(name) for name in add.input]
+        if any(
+            dq is None or dq.op_type != "DequantizeLinear" or g.only_consumer(dq.output[0]) is not add for dq in dqs
+        ):
+            continue
+        users = g.consumers.get(add.output[0], [])
+        if not users or any(
+            u is None or u.op_type != "MatMul" or list(u.input).count(add.output[0]) != 1 for u in users
+        ):
+            continue
+        for matmul in users:
+            side = list(matmul.input).index(add.output[0])
+            other = matmul.input[1 - side]
+            other_dq = g.producer.get(other)
+            outputs = []
+            for i, dq in enumerate(dqs):
+                operand = other
+                if i and other_dq is not None and other_dq.op_type == "DequantizeLinear":
+                    copy = onnx.NodeProto()
+                    copy.CopyFrom(other_dq)
+                    copy.name = _unique(graph, f"{other_dq.name or other}_copy")
+                    operand = copy.output[0] = _unique(graph, f"{other}_copy")
+                    graph.node.append(copy)
+                inputs = [dq.output[0], operand] if side == 0 else [operand, dq.output[0]]
+                out = _unique(graph, f"{matmul.output[0]}_range{i}")
+                graph.node.append(helper.make_node("MatMul", inputs, [out], name=_unique(graph, out)))
+                outputs.append(out)
+            graph.node.append(
+                helper.make_node("Add", outputs, [matmul.output[0]], name=_unique(graph, f"{matmul.output[0]}_sum"))
+            )
+            graph.node.remove(matmul)
+        graph.node.remove(add)
+        g = _Graph(graph)
+        done += 1
+    return done
+
+
 def _to_int4(graph: onnx.GraphProto, names: Iterable[str]) -> int:
     names = set(names)
     done = 0
@@ -296,6 +344,7 @@ def optimize_qdq_graph(model: onnx.ModelProto, int4_initializers: Iterable[str] 
     _drop_weight_zero_points(graph)
     folded = _fold_scalar_mul(graph)
     moved = _move_transposes(graph)
+    split = _split_summed_matmuls(graph)
     int4 = _to_int4(graph, int4_initializers)
     _prune_and_sort(graph)
     report = graph_report(model)
@@ -305,4 +354,5 @@ def optimize_qdq_graph(model: onnx.ModelProto, int4_initializers: Iterable[str] 
         moved,
         int4,
     )
+    report.split_matmuls = split
     return report

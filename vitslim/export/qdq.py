@@ -20,7 +20,11 @@ Runtime's QDQ fusions look for:
 * **per-channel uniform activations** (``emulated``): the quantizer's arithmetic in float ops
   (Div/Round/Add/Clip/Sub/Mul): ONNX Runtime fuses Q/DQ into integer MatMuls that take one
   zero point per activation and fail at run time on a per-axis one;
-* **non-uniform quantizers** (log2, logsqrt2, adalog, tanq, twin_uniform; ``emulated``): every
+* **twin-uniform activations without a shift** (PTQ4ViT's post-softmax quantizer; ``accelerated``):
+  its two uniform ranges as two uint8 ``QuantizeLinear -> DequantizeLinear`` branches that add up
+  (a value lies in one range; the other branch gets 0). The graph pass distributes the consuming
+  MatMul over the sum, so each range runs as an integer MatMul of its own;
+* **other non-uniform quantizers** (log2, logsqrt2, adalog, tanq, shifted twin_uniform; ``emulated``): every
   one is a monotone step function of its float32 input, so it is exported as a search over its
   exact float32 decision thresholds (found by bisection over the float32 values with the
   quantizer's own forward, then checked) and a look-up of its levels: ``ceil(log2(levels))``
@@ -50,6 +54,7 @@ from torch.nn import functional as F
 
 from vitslim.compress.quant.base import Quantizer, UnsignedQuantizer
 from vitslim.compress.quant.placement import QuantPoint, point_owner, quant_points
+from vitslim.compress.quant.twin_uniform import TwinUniformQuantizer
 from vitslim.compress.quant.uniform import UniformQuantizer
 from vitslim.errors import UserError
 from vitslim.files import atomic_path
@@ -66,6 +71,7 @@ __all__ = [
     "qdq_export_mode",
     "ExportAffine",
     "ExportChannelAffine",
+    "ExportTwinUniform",
     "ExportWeight",
     "ExportStepFunction",
 ]
@@ -133,6 +139,33 @@ class ExportChannelAffine(nn.Module):
         s, z = self.scales.reshape(shape), self.zeros.reshape(shape)
         q = torch.clamp(torch.round(x.float() / s) + z, self.qmin, self.qmax)
         return ((q - z) * s).to(x.dtype)
+
+
+class ExportTwinUniform(nn.Module):
+    """Export form of a twin-uniform quantizer without a shift: ``x̂ = DQ(Q(a1, Δ1)) + DQ(Q(a2, Δ2))``
+    with ``a1 = x`` where ``round(x/Δ1) <= n-1`` (the fine range, else 0) and ``a2`` the rest,
+    clipped to ``(n-1)·Δ2``: the quantizer's own arithmetic, each range a uint8 Q/DQ with zero
+    point 0 (its codes ``0..n-1``, ``n = 2^(b-1)``)."""
+
+    def __init__(self, quantizer: TwinUniformQuantizer) -> None:
+        super().__init__()
+        if quantizer.shift:
+            raise ValueError("ExportTwinUniform takes twin-uniform quantizers without a shift")
+        self.top = quantizer.half - 1
+        self.delta1 = float(quantizer.delta1.detach().float().cpu())
+        self.delta2 = float(quantizer.delta2().detach().float().cpu())
+        self.high = float(torch.tensor(self.top * self.delta2, dtype=torch.float32))
+
+    def _qdq(self, x: Tensor, scale: float) -> Tensor:
+        q = _qd.quantize_per_tensor(x, scale, 0, 0, self.top, torch.uint8)
+        return _qd.dequantize_per_tensor(q, scale, 0, 0, self.top, torch.uint8)
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        fine = torch.round(xf / self.delta1) <= self.top
+        zero = torch.zeros((), dtype=xf.dtype)
+        coarse = torch.clamp(torch.where(fine, zero, xf), max=self.high)
+        return (self._qdq(torch.where(fine, xf, zero), self.delta1) + self._qdq(coarse, self.delta2)).to(x.dtype)
 
 
 class ExportWeight(nn.Module):
@@ -271,6 +304,8 @@ def _export_module(model: nn.Module, point: QuantPoint) -> tuple[nn.Module, str,
         if q.channel_axis is not None:
             return ExportChannelAffine(q), "emulated", "activation"
         return ExportAffine(q), "accelerated", "activation"
+    if isinstance(q, TwinUniformQuantizer) and not q.shift:
+        return ExportTwinUniform(q), "accelerated", "activation"
     if isinstance(q, (UnsignedQuantizer, Quantizer)):
         return ExportStepFunction.from_quantizer(q), "emulated", "activation"
     raise UserError(f"cannot export quantization point {point.site}: {type(q).__name__} is not a quantizer")
@@ -397,6 +432,12 @@ def _site_record(
             clipped=module.clip,
             note=note,
         )
+    if isinstance(module, ExportTwinUniform):
+        note = (
+            f"twin uniform: two uint8 Q/DQ ranges (scales {module.delta1:.3g}, {module.delta2:.3g}, codes "
+            f"0..{module.top}) added; a consuming MatMul runs once per range"
+        )
+        return SiteExport(**common, onnx_type="uint8", zero_point=0, note=note)
     if isinstance(module, ExportChannelAffine):
         note = "per-channel activation emulated in float ops (integer MatMuls take one activation zero point)"
         return SiteExport(**common, axis=module.axis, note=note)

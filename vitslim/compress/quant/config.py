@@ -269,7 +269,9 @@ def _check_spec(kind: str, spec: SiteSpec, where: str) -> None:
 
 #: Named presets (the built-in recipes build on these).
 PRESETS = {
-    "w8a8": lambda: QuantConfig.uniform(8, 8),
+    "w8a8": lambda: QuantConfig.uniform(
+        8, 8, post_softmax=SiteSpec("twin_uniform", 8), ln_reparam="mad", attn_reparam="mad"
+    ),
     "w6a6": lambda: QuantConfig.uniform(6, 6),
     "w6a6-log": lambda: QuantConfig.log(
         6, 6, softmax="logsqrt2", gelu="adalog", ln_reparam="mad", attn_reparam="mad", qk_rotation=True
