@@ -31,7 +31,6 @@ import datetime
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +42,7 @@ from vitslim.compress.quant import QuantConfig, quantize_
 from vitslim.compress.tokens import TokenMergeConfig, apply_token_reduction
 from vitslim.evaluate.environment import environment
 from vitslim.evaluate.latency import DEFAULT_WARMUP, bench_ort, resolve_threads, torch_threads
+from vitslim.evaluate.runtimes import ort_runtime_ops
 from vitslim.export.onnx_export import DEFAULT_OPSET, export_onnx
 from vitslim.export.qdq import export_quantized_onnx
 from vitslim.export.validate import validate_onnx
@@ -108,21 +108,6 @@ def ort_quantize_static(plain: Path, out: Path, calib: list[torch.Tensor]) -> Pa
     return out
 
 
-def runtime_kernels(path: Path, threads: int) -> dict[str, int]:
-    """Op types ONNX Runtime runs after its own graph optimisations (ORT_ENABLE_ALL)."""
-    import onnx
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3
-        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        ops = Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
-    return dict(sorted(ops.items()))
-
-
 def build_variants(
     loaded: LoadedModel, calib: list[torch.Tensor], folder: Path, data: EvalData, search: str, threads: int
 ) -> list[dict]:
@@ -183,7 +168,7 @@ def run(loaded: LoadedModel, data: EvalData, calib: list[torch.Tensor], args: ar
         for row, out in zip(rows, outputs, strict=True):
             row.update(score(out, outputs[0], classifier))
             row["size_bytes"] = row["path"].stat().st_size
-            row["runtime_ops"] = runtime_kernels(row["path"], threads)
+            row["runtime_ops"] = ort_runtime_ops(row["path"], threads)
             row["integer_kernels"] = {k: v for k, v in row["runtime_ops"].items() if k in INTEGER_KERNELS}
         for row in rows:  # timings back to back, after all the evaluation
             latency = bench_ort(
