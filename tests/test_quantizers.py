@@ -163,6 +163,7 @@ def test_unsigned_properties_on_softmax(name, bits, seed, sigma, tokens):
     p = probe_points(x)
     assert (torch.diff(q(p)) >= 0).all()
     assert torch.equal(q(q(p)), q(p))
+    assert torch.equal(q(p), q.dequantize(q.quantize(p)))  # the fast fake-quant path is the codes path
     # zero stays exactly zero, negatives become zero
     assert float(q(torch.zeros(1))[0]) == 0.0
     assert float(q(-torch.ones(1))[0]) == 0.0
@@ -178,6 +179,7 @@ def test_shifted_quantizers_on_gelu(name, bits, seed):
     p = probe_points(x, GELU_SHIFT)
     y = q(p)
     assert (torch.diff(y) >= 0).all()
+    assert torch.equal(y, q.dequantize(q.quantize(p)))
     assert float(y.min()) == pytest.approx(-GELU_SHIFT)  # the zero code of u = x + c
     if bits >= 4:  # log2's top step (a factor 2) is coarse for large GELU outputs
         assert q.mse(x) < 0.1 * float(x.var())
@@ -290,7 +292,10 @@ def test_twin_uniform_ranges():
     codes = q.quantize(x)
     fine = codes < n
     assert torch.equal(q(x)[fine], codes[fine].float() * q.delta1)
-    assert torch.equal(q(x)[~fine], (codes[~fine] - n).float() * q.delta2())
+    j0 = 2 ** (5 - m)  # the first R2 level is n·Δ1
+    coarse = codes[~fine] - n
+    assert (coarse >= j0).all() and torch.equal(q(x)[~fine], n * q.delta1 + (coarse - j0).float() * q.delta2())
+    assert torch.allclose(q(x)[~fine], coarse.float() * q.delta2(), rtol=1e-6, atol=0)
     assert (x[fine] < (n - 0.5) * q.delta1).all() and (x[~fine] >= (n - 0.5) * q.delta1).all()
 
 

@@ -22,7 +22,8 @@ Runtime's QDQ fusions look for:
   zero point per activation and fail at run time on a per-axis one;
 * **twin-uniform activations without a shift** (PTQ4ViT's post-softmax quantizer; ``accelerated``):
   its two uniform ranges as two uint8 ``QuantizeLinear -> DequantizeLinear`` branches that add up
-  (a value lies in one range; the other branch gets 0). The graph pass distributes the consuming
+  (zero points chosen so that QuantizeLinear's own saturation does the range selection, see
+  :class:`ExportTwinUniform`; no masks). The graph pass distributes the consuming
   MatMul over the sum, so each range runs as an integer MatMul of its own;
 * **other non-uniform quantizers** (log2, logsqrt2, adalog, tanq, shifted twin_uniform; ``emulated``): every
   one is a monotone step function of its float32 input, so it is exported as a search over its
@@ -142,30 +143,39 @@ class ExportChannelAffine(nn.Module):
 
 
 class ExportTwinUniform(nn.Module):
-    """Export form of a twin-uniform quantizer without a shift: ``x̂ = DQ(Q(a1, Δ1)) + DQ(Q(a2, Δ2))``
-    with ``a1 = x`` where ``round(x/Δ1) <= n-1`` (the fine range, else 0) and ``a2`` the rest,
-    clipped to ``(n-1)·Δ2``: the quantizer's own arithmetic, each range a uint8 Q/DQ with zero
-    point 0 (its codes ``0..n-1``, ``n = 2^(b-1)``)."""
+    """Export form of a twin-uniform quantizer without a shift, as two uint8 Q/DQ branches that add up:
+
+    * fine: ``DQ(Q(relu(x), Δ1, z1))`` with ``z1 = 255 - n``: QuantizeLinear's saturation at 255
+      is ``min(round(x/Δ1), n)``, so a value past R1 contributes ``n·Δ1``, R2's first level;
+    * coarse: ``DQ(Q(relu(x - n·Δ1), Δ2, z2))`` with ``z2 = 256 - n + j0``: saturation at 255 is
+      R2's last level, and values in R1 contribute 0.
+
+    Their sum is the quantizer's own value (:class:`TwinUniformQuantizer` rounds R2 relative to
+    ``n·Δ1`` for exactly this), with no masks: ONNX Runtime runs Relu, Sub and the two
+    QuantizeLinear ops element-wise, and the consuming MatMul once per branch (the graph pass).
+    """
 
     def __init__(self, quantizer: TwinUniformQuantizer) -> None:
         super().__init__()
         if quantizer.shift:
             raise ValueError("ExportTwinUniform takes twin-uniform quantizers without a shift")
-        self.top = quantizer.half - 1
+        n, m = quantizer.half, int(quantizer.m)
         self.delta1 = float(quantizer.delta1.detach().float().cpu())
         self.delta2 = float(quantizer.delta2().detach().float().cpu())
-        self.high = float(torch.tensor(self.top * self.delta2, dtype=torch.float32))
+        self.seam = n * self.delta1  # exact: a power-of-two multiple of a float32
+        self.zero1 = 255 - n
+        self.zero2 = 256 - n + (1 << (quantizer.bits - 1 - m))
 
-    def _qdq(self, x: Tensor, scale: float) -> Tensor:
-        q = _qd.quantize_per_tensor(x, scale, 0, 0, self.top, torch.uint8)
-        return _qd.dequantize_per_tensor(q, scale, 0, 0, self.top, torch.uint8)
+    @staticmethod
+    def _qdq(x: Tensor, scale: float, zero: int) -> Tensor:
+        q = _qd.quantize_per_tensor(x, scale, zero, 0, 255, torch.uint8)
+        return _qd.dequantize_per_tensor(q, scale, zero, 0, 255, torch.uint8)
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
-        fine = torch.round(xf / self.delta1) <= self.top
-        zero = torch.zeros((), dtype=xf.dtype)
-        coarse = torch.clamp(torch.where(fine, zero, xf), max=self.high)
-        return (self._qdq(torch.where(fine, xf, zero), self.delta1) + self._qdq(coarse, self.delta2)).to(x.dtype)
+        xf = torch.relu(x.float())
+        fine = self._qdq(xf, self.delta1, self.zero1)
+        coarse = self._qdq(torch.relu(xf - self.seam), self.delta2, self.zero2)
+        return (fine + coarse).to(x.dtype)
 
 
 class ExportWeight(nn.Module):
@@ -434,10 +444,10 @@ def _site_record(
         )
     if isinstance(module, ExportTwinUniform):
         note = (
-            f"twin uniform: two uint8 Q/DQ ranges (scales {module.delta1:.3g}, {module.delta2:.3g}, codes "
-            f"0..{module.top}) added; a consuming MatMul runs once per range"
+            f"twin uniform: two uint8 Q/DQ ranges (scales {module.delta1:.3g}, {module.delta2:.3g}, zero points "
+            f"{module.zero1}, {module.zero2}) added; a consuming MatMul runs once per range"
         )
-        return SiteExport(**common, onnx_type="uint8", zero_point=0, note=note)
+        return SiteExport(**common, onnx_type="uint8", zero_point=module.zero1, note=note)
     if isinstance(module, ExportChannelAffine):
         note = "per-channel activation emulated in float ops (integer MatMuls take one activation zero point)"
         return SiteExport(**common, axis=module.axis, note=note)

@@ -21,15 +21,21 @@ class TwinUniformQuantizer(UnsignedQuantizer):
     With ``u = x + shift`` and ``n = 2^(b-1)`` codes per range:
 
     * fine range ``R1 = [0, n·Δ1)``: ``q = round(u/Δ1)``, code ``q``;
-    * coarse range ``R2``, ``Δ2 = 2^m·Δ1``: ``q = clamp(round(u/Δ2), 0, n-1)``, code ``n + q``;
+    * coarse range ``R2``, ``Δ2 = 2^m·Δ1``: its levels ``q·Δ2`` for ``q`` in ``j0..n-1``,
+      ``j0 = 2^(b-1-m)`` (``j0·Δ2 = n·Δ1``, the first level past R1), with
+      ``q = j0 + clamp(round((u - n·Δ1)/Δ2), 0, n-1-j0)``, code ``n + q``;
 
-    i.e. the top code bit chooses the range; ``x̂ = q·Δ1`` or ``q·Δ2`` (minus the shift).
+    i.e. the top code bit chooses the range; ``x̂ = q·Δ1`` or ``n·Δ1 + (q-j0)·Δ2`` (``= q·Δ2``,
+    in float32 the sum the export computes), minus the shift.
     The power-of-two ratio ``2^m`` (as in PTQ4ViT) makes rescaling between the ranges a
-    shift. A value belongs to R1 when it rounds inside it (``round(u/Δ1) <= n-1``, i.e.
-    ``u < (n-½)·Δ1``; PTQ4ViT's seam is ``n·Δ1``): values in ``[(n-½)Δ1, n·Δ1)`` then go
-    to the R2 level ``n·Δ1``, their nearest level, and ``Q(Q(x)) = Q(x)`` survives float
-    noise at the seam. ``m`` is restricted to ``1..b-1``, so ``n·Δ1`` is an R2 level
-    (code ``n + 2^(b-1-m)``) and the quantizer is monotone. Negative ``u`` maps to 0.
+    shift. R2 is rounded relative to its first level ``n·Δ1`` (the same levels and
+    thresholds as ``round(u/Δ2)``, up to ties): that offset is what lets the ONNX export
+    (:class:`~vitslim.export.qdq.ExportTwinUniform`) compute both ranges with two plain
+    ``QuantizeLinear`` ops and no masks. A value belongs to R1 when it rounds inside it
+    (``round(u/Δ1) <= n-1``, i.e. ``u < (n-½)·Δ1``; PTQ4ViT's seam is ``n·Δ1``): values in
+    ``[(n-½)Δ1, n·Δ1)`` then go to the R2 level ``n·Δ1``, their nearest level, and
+    ``Q(Q(x)) = Q(x)`` survives float noise at the seam. ``m`` is restricted to ``1..b-1``,
+    so ``n·Δ1`` is an R2 level and the quantizer is monotone. Negative ``u`` maps to 0.
 
     Search (MSE): for each ``m``, ``Δ2 = max·ratio/(n-1)`` for ``grid`` ratios in
     ``[0.3, 1]``, ``Δ1 = Δ2/2^m``. Buffers: ``delta1`` (float32), ``m`` (int32).
@@ -54,18 +60,38 @@ class TwinUniformQuantizer(UnsignedQuantizer):
 
     def _encode(self, u: Tensor, p: Mapping[str, Tensor]) -> Tensor:
         d1 = p["delta1"]
-        d2 = d1 * (2.0 ** int(p["m"]))
+        m = int(p["m"])
+        d2 = d1 * (2.0**m)
         n = self.half
+        j0 = 1 << (self.bits - 1 - m)
         q1 = torch.round(u / d1).clamp_min(0)
-        q2 = torch.clamp(torch.round(u / d2), 0, n - 1) + n
+        q2 = torch.clamp(torch.round(torch.relu(u - n * d1) / d2), 0, n - 1 - j0) + (n + j0)
         return torch.where(q1 <= n - 1, q1, q2).to(torch.int32)
 
     def _decode(self, codes: Tensor, p: Mapping[str, Tensor]) -> Tensor:
         d1 = p["delta1"]
-        d2 = d1 * (2.0 ** int(p["m"]))
+        m = int(p["m"])
+        d2 = d1 * (2.0**m)
         n = self.half
+        j0 = 1 << (self.bits - 1 - m)
         c = codes.to(torch.int64)
-        return torch.where(c < n, c.float() * d1, (c - n).float() * d2)
+        # R2 as n·Δ1 + (q - j0)·Δ2: the float32 sum the export's two branches compute
+        return torch.where(c < n, c.float() * d1, n * d1 + (c - n - j0).float() * d2)
+
+    def _fake_quantize(self, x: Tensor) -> Tensor:
+        """Both ranges in place in float32, as the ONNX export computes them (``min(round(u/Δ1), n)·Δ1``
+        plus R2's offset from ``n·Δ1``): the same values as the codes path, without int tensors,
+        masks or a table look-up (about three times faster on attention maps)."""
+        self._check_calibrated()
+        d1 = self.delta1
+        m = int(self.m)
+        d2 = d1 * (2.0**m)
+        n = self.half
+        j0 = 1 << (self.bits - 1 - m)
+        fine = torch.relu(x.float() + self.shift) if self.shift else torch.relu(x.float())
+        coarse = torch.sub(fine, n * d1).relu_().div_(d2).round_().clamp_(max=n - 1 - j0).mul_(d2)
+        out = fine.div_(d1).round_().clamp_(max=n).mul_(d1).add_(coarse)
+        return out.sub_(self.shift) if self.shift else out
 
     def _buckets(self, p: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         d1 = p["delta1"].double()
