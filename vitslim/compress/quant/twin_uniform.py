@@ -58,22 +58,19 @@ class TwinUniformQuantizer(UnsignedQuantizer):
     def delta2(self) -> Tensor:
         return self.delta1 * (2.0 ** int(self.m))
 
+    def _ranges(self, delta1: Tensor, m: Tensor) -> tuple[Tensor, Tensor, int, int]:
+        """``Δ1``, ``Δ2 = 2^m·Δ1``, the codes per range ``n`` and ``j0``: R2's first level ``j0·Δ2 = n·Δ1``."""
+        m = int(m)
+        return delta1, delta1 * (2.0**m), self.half, 1 << (self.bits - 1 - m)
+
     def _encode(self, u: Tensor, p: Mapping[str, Tensor]) -> Tensor:
-        d1 = p["delta1"]
-        m = int(p["m"])
-        d2 = d1 * (2.0**m)
-        n = self.half
-        j0 = 1 << (self.bits - 1 - m)
+        d1, d2, n, j0 = self._ranges(p["delta1"], p["m"])
         q1 = torch.round(u / d1).clamp_min(0)
         q2 = torch.clamp(torch.round(torch.relu(u - n * d1) / d2), 0, n - 1 - j0) + (n + j0)
         return torch.where(q1 <= n - 1, q1, q2).to(torch.int32)
 
     def _decode(self, codes: Tensor, p: Mapping[str, Tensor]) -> Tensor:
-        d1 = p["delta1"]
-        m = int(p["m"])
-        d2 = d1 * (2.0**m)
-        n = self.half
-        j0 = 1 << (self.bits - 1 - m)
+        d1, d2, n, j0 = self._ranges(p["delta1"], p["m"])
         c = codes.to(torch.int64)
         # R2 as n·Δ1 + (q - j0)·Δ2: the float32 sum the export's two branches compute
         return torch.where(c < n, c.float() * d1, n * d1 + (c - n - j0).float() * d2)
@@ -83,22 +80,14 @@ class TwinUniformQuantizer(UnsignedQuantizer):
         plus R2's offset from ``n·Δ1``): the same values as the codes path, without int tensors,
         masks or a table look-up (about three times faster on attention maps)."""
         self._check_calibrated()
-        d1 = self.delta1
-        m = int(self.m)
-        d2 = d1 * (2.0**m)
-        n = self.half
-        j0 = 1 << (self.bits - 1 - m)
+        d1, d2, n, j0 = self._ranges(self.delta1, self.m)
         fine = torch.relu(x.float() + self.shift) if self.shift else torch.relu(x.float())
         coarse = torch.sub(fine, n * d1).relu_().div_(d2).round_().clamp_(max=n - 1 - j0).mul_(d2)
         out = fine.div_(d1).round_().clamp_(max=n).mul_(d1).add_(coarse)
         return out.sub_(self.shift) if self.shift else out
 
     def _buckets(self, p: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        d1 = p["delta1"].double()
-        m = int(p["m"])
-        d2 = d1 * 2.0**m
-        n = self.half
-        j0 = 1 << (self.bits - 1 - m)  # first R2 code reachable from u >= n·Δ1
+        d1, d2, n, j0 = self._ranges(p["delta1"].double(), p["m"])
         q = torch.arange(n, dtype=torch.float64)
         j = torch.arange(j0, n, dtype=torch.float64)
         values = torch.cat([q * d1, j * d2])
