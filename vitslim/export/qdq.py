@@ -159,12 +159,12 @@ class ExportTwinUniform(nn.Module):
         super().__init__()
         if quantizer.shift:
             raise ValueError("ExportTwinUniform takes twin-uniform quantizers without a shift")
-        n, m = quantizer.half, int(quantizer.m)
-        self.delta1 = float(quantizer.delta1.detach().float().cpu())
-        self.delta2 = float(quantizer.delta2().detach().float().cpu())
+        delta1, delta2, n, j0 = quantizer.ranges()
+        self.delta1 = float(delta1.detach().float().cpu())
+        self.delta2 = float(delta2.detach().float().cpu())
         self.seam = n * self.delta1  # exact: a power-of-two multiple of a float32
         self.zero1 = 255 - n
-        self.zero2 = 256 - n + (1 << (quantizer.bits - 1 - m))
+        self.zero2 = 256 - n + j0
 
     @staticmethod
     def _qdq(x: Tensor, scale: float, zero: int) -> Tensor:

@@ -56,7 +56,11 @@ class TwinUniformQuantizer(UnsignedQuantizer):
         return {**super().extra_config(), "grid": self.grid}
 
     def delta2(self) -> Tensor:
-        return self.delta1 * (2.0 ** int(self.m))
+        return self.ranges()[1]
+
+    def ranges(self) -> tuple[Tensor, Tensor, int, int]:
+        """The calibrated ``Δ1``, ``Δ2``, ``n`` and ``j0`` (see :meth:`_ranges`)."""
+        return self._ranges(self.delta1, self.m)
 
     def _ranges(self, delta1: Tensor, m: Tensor) -> tuple[Tensor, Tensor, int, int]:
         """``Δ1``, ``Δ2 = 2^m·Δ1``, the codes per range ``n`` and ``j0``: R2's first level ``j0·Δ2 = n·Δ1``."""
@@ -80,7 +84,7 @@ class TwinUniformQuantizer(UnsignedQuantizer):
         plus R2's offset from ``n·Δ1``): the same values as the codes path, without int tensors,
         masks or a table look-up (about three times faster on attention maps)."""
         self._check_calibrated()
-        d1, d2, n, j0 = self._ranges(self.delta1, self.m)
+        d1, d2, n, j0 = self.ranges()
         fine = torch.relu(x.float() + self.shift) if self.shift else torch.relu(x.float())
         coarse = torch.sub(fine, n * d1).relu_().div_(d2).round_().clamp_(max=n - 1 - j0).mul_(d2)
         out = fine.div_(d1).round_().clamp_(max=n).mul_(d1).add_(coarse)
