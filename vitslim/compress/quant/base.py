@@ -333,7 +333,8 @@ class UnsignedQuantizer(Quantizer):
             setattr(self, n, torch.as_tensor(params[n], dtype=old.dtype).to(old.device).reshape(()))
 
     def _encode(self, u: Tensor, params: Mapping[str, Tensor]) -> Tensor:  # pragma: no cover
-        """Codes of ``u = x + shift`` under explicit parameters."""
+        """Codes of ``u = x + shift`` under explicit parameters: integer values in any dtype
+        (:meth:`quantize` casts them to int32, the fake-quant path to int64 indices)."""
         raise NotImplementedError
 
     def _decode(self, codes: Tensor, params: Mapping[str, Tensor]) -> Tensor:  # pragma: no cover
@@ -365,7 +366,7 @@ class UnsignedQuantizer(Quantizer):
     # codes --------------------------------------------------------------------
     def quantize(self, x: Tensor) -> Tensor:
         self._check_calibrated()
-        return self._encode(x.float() + self.shift, self._params())
+        return self._encode(x.float() + self.shift, self._params()).to(torch.int32)
 
     def dequantize(self, codes: Tensor) -> Tensor:
         self._check_calibrated()
@@ -374,10 +375,11 @@ class UnsignedQuantizer(Quantizer):
 
     def _fake_quantize(self, x: Tensor) -> Tensor:
         """Decoding through a table of the ``2^b`` values (one gather instead of the element-wise
-        decode: the same values, several times faster)."""
-        codes = self.quantize(x)
+        decode: the same values, several times faster); the codes go straight to int64 indices."""
+        self._check_calibrated()
+        codes = self._encode(x.float() + self.shift, self._params()).to(torch.int64)
         table = self.dequantize(torch.arange(self.code_range()[1] + 1, device=codes.device))
-        return table.take(codes.to(torch.int64))
+        return table.take(codes)
 
     @staticmethod
     def _positive_max(u: Tensor) -> float:

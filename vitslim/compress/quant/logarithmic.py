@@ -27,15 +27,17 @@ GELU_SHIFT = 0.16997
 #: Inputs below this (zeros, negatives, float32 subnormals) take the zero code; it keeps
 #: every produced level a normal float32, so that ``Q(Q(x)) == Q(x)`` holds exactly.
 _TINY = 2.0 * torch.finfo(torch.float32).tiny
+#: The float32 just below ``_TINY``: ``threshold(u, _BELOW_TINY, 0)`` zeroes exactly ``u < _TINY``.
+_BELOW_TINY = float(torch.nextafter(torch.tensor(_TINY), torch.tensor(0.0)))
 
 
 def _log_codes(u: Tensor, scale: Tensor, factor: float, zero_code: int) -> Tensor:
-    """Codes ``round(-log2(u/s)·factor)`` clamped to ``[0, zero_code]``; inputs below ``_TINY``
-    (zeros, negatives) and indices past the last level take ``zero_code``. In place on one
-    temporary: these run on every attention map, so each pass over the data counts."""
-    t = u.clamp_min(_TINY)
-    t.div_(scale).log2_().mul_(-factor).round_().clamp_(0, zero_code)
-    return t.masked_fill_(u < _TINY, zero_code).to(torch.int32)
+    """Float32 codes ``round(-log2(u/s)·factor)`` clamped to ``[0, zero_code]``; inputs below
+    ``_TINY`` (zeros, negatives) are zeroed first, so their log is ``-inf`` and they take
+    ``zero_code`` through the clamp, as do indices past the last level. In place on one
+    temporary, without masks: these run on every attention map, so each pass counts."""
+    t = torch.threshold(u, _BELOW_TINY, 0.0)
+    return t.div_(scale).log2_().mul_(-factor).round_().clamp_(0, zero_code)
 
 
 def _log_buckets(scale: Tensor, step: float, zero_code: int) -> tuple[Tensor, Tensor]:

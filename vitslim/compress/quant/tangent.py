@@ -117,7 +117,7 @@ class TanQuantizer(UnsignedQuantizer):
     def _encode(self, u: Tensor, p: Mapping[str, Tensor]) -> Tensor:
         _, thr = self._table(float(p["alpha"]), u.device)
         v = torch.clamp(u / p["scale"], 0.0, 1.0)
-        return torch.bucketize(v, thr, right=True).to(torch.int32)
+        return torch.bucketize(v, thr, right=True)
 
     def _decode(self, codes: Tensor, p: Mapping[str, Tensor]) -> Tensor:
         levels, _ = self._table(float(p["alpha"]), codes.device)

@@ -71,7 +71,7 @@ class TwinUniformQuantizer(UnsignedQuantizer):
         d1, d2, n, j0 = self._ranges(p["delta1"], p["m"])
         q1 = torch.round(u / d1).clamp_min(0)
         q2 = torch.clamp(torch.round(torch.relu(u - n * d1) / d2), 0, n - 1 - j0) + (n + j0)
-        return torch.where(q1 <= n - 1, q1, q2).to(torch.int32)
+        return torch.where(q1 <= n - 1, q1, q2)
 
     def _decode(self, codes: Tensor, p: Mapping[str, Tensor]) -> Tensor:
         d1, d2, n, j0 = self._ranges(p["delta1"], p["m"])
