@@ -6,7 +6,8 @@
 Each quantization recipe (w8a8, w6a6-log, w4a4-uniform, w4a4-adalog, w4a4-tanq, ...) is
 calibrated on the same seeded Fashion-MNIST train images (search as in its built-in recipe) and
 evaluated in PyTorch (fake-quant) on the same seeded test sample as FP32. ``NAME+gptq`` /
-``NAME+nearest`` run a recipe with GPTQ / round-to-nearest weights whatever the recipe says.
+``NAME+nearest`` run a recipe with GPTQ / round-to-nearest weights whatever the recipe says,
+``NAME+bc`` with bias correction (suffixes combine: ``w6a6-log+nearest+bc``).
 ``--ort-static`` adds ONNX Runtime's own ``quantize_static`` (QDQ, per-channel, MinMax) of the
 FP32 ONNX on the same calibration images, evaluated in ONNX Runtime. Latency of quantized ONNX
 models: benchmarks/bench_export.py.
@@ -37,21 +38,24 @@ from vitslim.report.markdown import device_line
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RECIPES = ("w8a8", "w6a6-log", "w4a4-uniform", "w4a4-adalog", "w4a4-tanq")
-#: recipe-name suffixes that force the weight rounding
-ROUNDING = {"+gptq": True, "+nearest": False}
+#: recipe-name suffixes and the stage settings they force
+SUFFIXES = {"gptq": {"gptq": True}, "nearest": {"gptq": False}, "bc": {"bias_correction": True}}
 
 
 def quant_stage(entry: str, images: int) -> QuantStage:
-    """The quant stage of built-in recipe ``entry`` (``NAME+gptq`` / ``NAME+nearest``: rounding forced)."""
-    name, plus, rounding = entry.partition("+")
+    """The quant stage of built-in recipe ``entry``; each ``+SUFFIX`` (:data:`SUFFIXES`) forces a setting."""
+    name, *suffixes = entry.split("+")
     if (
         name not in list_recipes()
         or "quant" not in load_recipe(name).stages
-        or (plus and plus + rounding not in ROUNDING)
+        or any(suffix not in SUFFIXES for suffix in suffixes)
     ):
-        raise SystemExit(f"{entry} is not a built-in quantization recipe (with an optional +gptq or +nearest)")
+        options = ", ".join("+" + suffix for suffix in SUFFIXES)
+        raise SystemExit(f"{entry} is not a built-in quantization recipe (with optional {options})")
     stage = dataclasses.replace(load_recipe(name).stages["quant"], images=images)
-    return dataclasses.replace(stage, gptq=ROUNDING[plus + rounding]) if plus else stage
+    for suffix in suffixes:
+        stage = dataclasses.replace(stage, **SUFFIXES[suffix])
+    return stage
 
 
 def ort_static_row(loaded, data, calib: list, threads: int, reference) -> dict:
@@ -81,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--recipes",
         default=",".join(RECIPES),
-        help="comma-separated quant recipe names (NAME+gptq / NAME+nearest: weight rounding forced)",
+        help="comma-separated quant recipe names (+gptq / +nearest: weight rounding forced; +bc: bias correction)",
     )
     parser.add_argument("--ort-static", action="store_true", help="add ONNX Runtime's quantize_static W8A8")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)

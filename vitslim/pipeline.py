@@ -186,6 +186,7 @@ def quant_summary(model: torch.nn.Module) -> dict[str, Any] | None:
     if info is None:
         return None
     summary = {k: info[k] for k in ("config", "search", "objective", "sequential", "seed", "images", "gptq")}
+    summary["bias_correction"] = info.get("bias_correction")  # absent from models saved before it existed
     summary["sites"] = {
         name: {"kind": p.kind, "quantizer": p.quantizer.name, "bits": p.quantizer.bits}
         for name, p in quant_points(model).items()

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from vitslim.errors import UserError
 
+from .bias_correction import bias_correct_, reference_means
 from .calibration import OBJECTIVES, SEARCHES, calibrate_model, calibration_batches
 from .config import QuantConfig, suggest
 from .gptq import gptq_
@@ -76,6 +77,7 @@ def quantize_(
     samples: int = 2048,
     keep: int = 8,
     gptq: bool = False,
+    bias_correction: bool = False,
 ) -> nn.Module:
     """Quantize a timm ViT in place with ``cfg``, calibrated on ``data`` (image batches, or a
     DataLoader of ``(images, labels)``); returns ``model`` with every quantizer enabled.
@@ -87,7 +89,9 @@ def quantize_(
     layer's output, ``sequential`` block by block, about ``samples`` tokens kept per site,
     ``keep`` candidates re-scored per site) and, with ``gptq``, GPTQ rounding of the Linear
     weights on their calibrated grids (:mod:`~vitslim.compress.quant.gptq`) instead of
-    round-to-nearest (its Hessians block by block too when ``sequential``). Deterministic for a
+    round-to-nearest (its Hessians block by block too when ``sequential``), and with
+    ``bias_correction`` the empirical bias correction of every quantized layer towards the float
+    model's mean output (:mod:`~vitslim.compress.quant.bias_correction`). Deterministic for a
     given ``seed``.
     """
     cfg = cfg if isinstance(cfg, QuantConfig) else QuantConfig.from_dict(cfg)
@@ -107,6 +111,7 @@ def quantize_(
         with torch.no_grad():
             fold_reparameterisations(model, cfg, specs, batches, samples=samples, seed=seed)
             apply_quantization(model, specs, seed=seed)
+            reference = reference_means(model, batches) if bias_correction else None
             errors = calibrate_model(
                 model,
                 batches,
@@ -119,6 +124,7 @@ def quantize_(
                 progress=progress,
             )
             rounding = gptq_(model, batches, sequential=sequential, progress=progress) if gptq else None
+            corrected = bias_correct_(model, batches, reference, progress=progress) if bias_correction else None
     finally:
         model.train(was_training)
     images = sum(b.shape[0] for b in batches)
@@ -127,6 +133,8 @@ def quantize_(
     )
     if rounding is not None:
         log.info(_gptq_text(rounding))
+    if corrected is not None:
+        log.info("bias-corrected %d layers (mean absolute bias change %.2e)", len(corrected), _mean(corrected.values()))
     model.__dict__[INFO] = {
         "config": cfg.to_dict(),
         "search": search,
@@ -136,8 +144,14 @@ def quantize_(
         "images": images,
         "site_errors": errors,
         "gptq": rounding,
+        "bias_correction": corrected,
     }
     return model
+
+
+def _mean(values: Iterable[float]) -> float:
+    values = list(values)
+    return sum(values) / max(1, len(values))
 
 
 def _gptq_text(record: dict) -> str:

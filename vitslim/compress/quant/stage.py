@@ -38,6 +38,7 @@ STAGE_KEYS = (
     "samples",
     "keep",
     "gptq",
+    "bias_correction",
     "mixed_precision",
 )
 #: Calibration images used when a recipe does not say (the issue's 32-128 range, cheap end).
@@ -53,7 +54,8 @@ def _positive_int(value: Any, what: str) -> int:
 @dataclass(frozen=True)
 class QuantStage:
     """What ``quantize_`` is called with: ``config``, calibration on ``images`` seeded images
-    with ``search`` / ``objective`` / ``sequential`` / ``samples`` / ``keep`` / ``gptq`` (see ``quantize_``)."""
+    with ``search`` / ``objective`` / ``sequential`` / ``samples`` / ``keep`` / ``gptq`` /
+    ``bias_correction`` (see ``quantize_``)."""
 
     config: QuantConfig = field(default_factory=QuantConfig)
     preset: str | None = None
@@ -64,6 +66,7 @@ class QuantStage:
     samples: int = 2048
     keep: int = 8
     gptq: bool = False
+    bias_correction: bool = False
     mixed_precision: MixedPrecisionConfig | None = None
 
     def __post_init__(self) -> None:
@@ -71,7 +74,7 @@ class QuantStage:
         check_choice("objective", self.objective, OBJECTIVES)
         for name in ("images", "samples", "keep"):
             _positive_int(getattr(self, name), name)
-        for name in ("sequential", "gptq"):
+        for name in ("sequential", "gptq", "bias_correction"):
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
@@ -82,6 +85,7 @@ class QuantStage:
         how = f"{self.images} calibration images, {self.search} search"
         how += "" if self.objective == "mse" else f", {self.objective} objective"
         how += (", sequential" if self.sequential else "") + (", GPTQ weights" if self.gptq else "")
+        how += ", bias-corrected" if self.bias_correction else ""
         mp = self.mixed_precision
         if mp is not None:
             bound = (
@@ -99,6 +103,7 @@ class QuantStage:
             "samples": self.samples,
             "keep": self.keep,
             "gptq": self.gptq,
+            "bias_correction": self.bias_correction,
         }
 
     def apply(self, model: nn.Module, calibration: list, *, progress: bool = True, seed: int = 0) -> BitPlan | None:
