@@ -76,21 +76,21 @@ def test_demo_model_classifies_fashion_mnist(fashion_images: torch.Tensor) -> No
 
 
 def test_demo_command_end_to_end(tmp_path: Path) -> None:
-    """`vitslim demo` (small sample, few timed runs): fp32, PTQ alone, then the full recipe's
+    """`vitslim demo` (small sample, few timed runs): fp32, 2:4 sparsity alone, then the full recipe's
     cumulative stages, every one exported, validated and timed, with the HTML figures."""
     out = tmp_path / "run"
     args = ["--quiet", "demo", "--limit", "64", "--warmup", "0", "--runs", "3", "--batch-sizes", "1,2"]
     result = CliRunner().invoke(cli, [*args, "--out", str(out), "--json", str(tmp_path / "demo.json")])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.json", "run"]  # no staging folder left
-    names = ["fp32", "quant-alone", "tokens", "sparsity", "quant"]
+    names = ["fp32", "sparsity-alone", "tokens", "sparsity", "quant"]
     files = [f"model_{name}.onnx" for name in names] + ["manifest.json", "report.html", "report.json", "report.md"]
     assert sorted(p.name for p in out.iterdir()) == sorted(files)
     report = json.loads((out / "report.json").read_text())
     assert report == json.loads((tmp_path / "demo.json").read_text())
     assert report["recipe"]["name"] == "full" and [v["name"] for v in report["variants"]] == names
     assert report["data"] == {"name": "fashion-mnist:test", "samples": 64, "labelled": True, "skipped_unreadable": 0}
-    fp32, quant_alone, tokens, sparsity, quant = report["variants"]
+    fp32, sparsity_alone, tokens, sparsity, quant = report["variants"]
     assert fp32["top1"] >= 0.75 and fp32["top5"] >= fp32["top1"]
     assert fp32["onnx"]["max_abs_diff"] < 1e-3 and fp32["size_bytes"] == (out / "model_fp32.onnx").stat().st_size
     assert report["benchmark"]["runtimes"] == ["onnxruntime"]  # the demo times the deployable models only
@@ -100,9 +100,9 @@ def test_demo_command_end_to_end(tmp_path: Path) -> None:
     assert quant["onnx"]["format"] == "qdq" and quant["size_bytes"] < 0.3 * fp32["size_bytes"]
     assert tokens["tokens_per_layer"] == [257 - 16 * i for i in range(13)] and tokens["quantization"] is None
     assert quant["block_flops_per_image"] == tokens["block_flops_per_image"] < 0.61 * fp32["block_flops_per_image"]
-    assert quant_alone["tokens_per_layer"] == fp32["tokens_per_layer"] and quant_alone["quantization"]
-    assert "sparsity" not in quant_alone and quant_alone["mixed_precision"]["costs"]["avg_weight_bits"] <= 6.0
-    for variant in (sparsity, quant):  # 2:4 on the 12 fc2 layers, in PyTorch and in the ONNX weights
+    assert sparsity_alone["tokens_per_layer"] == fp32["tokens_per_layer"] and sparsity_alone["quantization"] is None
+    assert sparsity_alone["onnx"]["graph_of"] == "fp32"  # weights only: written into fp32's traced graph
+    for variant in (sparsity_alone, sparsity, quant):  # 2:4 on the 12 fc2 layers, in PyTorch and in the ONNX weights
         check = variant["sparsity"]
         assert check["layers"] == check["pattern_in_model"] == check["pattern_in_onnx"] == 12
     plan = quant["mixed_precision"]

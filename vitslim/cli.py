@@ -490,7 +490,7 @@ def export(
 @timing_options(runs=5, warmup=1)
 @device_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing, non-empty --out folder.")
-@alone_option(default="quant")
+@alone_option(default="sparsity")
 @runtime_option("onnxruntime")
 @json_option
 def demo(
@@ -507,8 +507,8 @@ def demo(
     runtime: str,
     json_path: Path | None,
 ) -> None:
-    """The whole pipeline on the embedded demo model: fp32, PTQ alone, then each cumulative stage
-    of the `full` recipe (ToMe, + 2:4, + mixed-precision PTQ), exported, validated and measured."""
+    """The whole pipeline on the embedded demo model: fp32, 2:4 sparsity alone, then each cumulative
+    stage of the `full` recipe (ToMe, + 2:4, + mixed-precision PTQ), exported, validated and measured."""
     from vitslim.models import load_model
     from vitslim.recipes import load_recipe
 
