@@ -5,9 +5,10 @@ Calibration is sequential: layers inside ``model.blocks[i]`` are calibrated in s
 images running through the model up to the end of block ``i`` with every earlier block already
 changed, so later layers see the inputs of the compressed model (SparseGPT's and GPTQ's
 sequential scheme). All layers of one block share a pass. Layers outside the blocks (a head)
-get a last pass through the whole model. Running the full model (stopped after the block)
-rather than blocks in isolation keeps whatever patches sit on the model (token reduction,
-activation quantizers) in effect.
+get a last pass through the whole model. The blocks run with whatever patches sit on them (token
+reduction, activation quantizers), each on the kept outputs of the block before it
+(:class:`~vitslim.compress.block_cursor.BlockCursor`; the whole model up to the block when the
+blocks are not a plain chain).
 
 The sweep (Frantar & Alistarh, SparseGPT 2023 / GPTQ 2022): with ``U`` the upper Cholesky
 factor of ``(H + λI)⁻¹``, the columns of ``W`` are replaced left to right (pruned or rounded);

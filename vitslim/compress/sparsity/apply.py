@@ -11,8 +11,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from vitslim.compress.block_cursor import BlockCursor
 from vitslim.compress.hessian import calibration_stages, collect_hessians, relative_output_error
-from vitslim.compress.quant.calibration import run_until
 from vitslim.compress.quant.placement import is_quantized
 from vitslim.errors import UserError
 
@@ -86,11 +86,12 @@ def sparsify_(
                 batches = calibration_subset(data, cfg.samples, seed, next(model.parameters()).device)
                 images = sum(b.shape[0] for b in batches)
                 stages = calibration_stages(model, selection.layers, cfg.sequential)
+                cursor = BlockCursor(model, batches, [stop for stop, _names in stages])
                 total = len(stages) * len(batches) + len(selection.layers)
                 with tqdm(total=total, desc="sparsifying", disable=not progress, leave=False) as bar:
                     for stop_after, names in stages:
                         with collect_hessians({n: selection.layers[n] for n in names}) as hessians:
-                            run_until(model, batches, stop_after, bar)
+                            cursor.run(stop_after, bar)
                         for name in names:
                             hessian = hessians.pop(name, None)
                             if hessian is None and method.needs_data:
