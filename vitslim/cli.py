@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # torch and timm load only when a command runs: `vitslim --he
 DEFAULT_BATCH_SIZES = "1,16"
 #: exit code of `compress` when an exported variant failed validation (reports are still written)
 VALIDATION_FAILED = 4
-#: what `vitslim demo` runs, on how many test images (about ten minutes on two cores)
+#: what `vitslim demo` runs, on how many test images (5-6 minutes on a 2-core VM, README)
 DEMO_RECIPE = "full"
 DEMO_LIMIT = 100
 
