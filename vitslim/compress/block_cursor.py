@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from vitslim.compress.quant.calibration import run_until
 from vitslim.compress.tokens import token_reduction_state
 
-__all__ = ["BlockCursor"]
+__all__ = ["BlockCursor", "chained_blocks"]
 
 
 class _Stop(Exception):
@@ -68,8 +68,8 @@ class BlockCursor:
     def __init__(self, model: nn.Module, batches: Sequence[Tensor], stops: Iterable[nn.Module | None]) -> None:
         self.model, self.batches = model, list(batches)
         self.blocks = list(getattr(model, "blocks", []))
-        blocks = any(any(s is b for b in self.blocks) for s in stops)
-        self.chained = blocks and bool(self.batches) and chained_blocks(model, self.batches[0][:1])
+        block_stage = any(any(stop is b for b in self.blocks) for stop in stops)
+        self.chained = block_stage and bool(self.batches) and chained_blocks(model, self.batches[0][:1])
         self.state = token_reduction_state(model)
         self.position = -1  # index of the block whose inputs are kept (-1: none yet)
         self.inputs: list[Tensor] = []
@@ -109,12 +109,14 @@ class BlockCursor:
         self.position = 0
 
     def _block(self, index: int, batch: int) -> tuple[Tensor, Tensor | None]:
+        """Block ``index`` on batch ``batch``'s kept input: its output and the token sizes after it."""
         if self.state is not None:
             self.state.size = self.sizes[batch]
         out = self.blocks[index](self.inputs[batch])
         return out, None if self.state is None else self.state.size
 
     def _advance(self) -> None:
+        """Replace the kept inputs by the current block's outputs: the next block's inputs."""
         for b in range(len(self.batches)):
             self.inputs[b], self.sizes[b] = self._block(self.position, b)
         self.position += 1
