@@ -29,6 +29,8 @@ from vitslim.compress.mixed import sensitivity as sens_mod
 from vitslim.compress.quant import QuantConfig, Site, SiteSpec, quant_points, quantize_
 from vitslim.compress.tokens import TokenMergeConfig, TokenPruneConfig, apply_token_reduction
 from vitslim.errors import UserError
+from vitslim.pipeline import mixed_precision_summary
+from vitslim.report.markdown import estimated_bits
 
 BASE = uniform_cfg(8, 8)
 
@@ -275,8 +277,16 @@ def test_bops_budget_with_fisher_on_a_reparameterised_log_config():
     plan = plan_mixed_precision(
         model, base, {"budget": {"bops": budget}, "sensitivity": "fisher"}, x, cache_dir=None, progress=False
     )
-    assert plan.meta["costs"]["bops"] <= budget
+    assert plan.meta["costs"]["bops"] <= budget and plan.meta["sensitivity"]["measured_bits"] == []
     assert plan.layers["blocks.0.mlp.fc2"].input_kind == "post_gelu"
     cfg = plan.to_quant_config(base)
     fc2_input = cfg.overrides["blocks.0.mlp.fc2.input"]
     assert fc2_input.quantizer == "adalog" and fc2_input.bits == plan.layers["blocks.0.mlp.fc2"].act
+
+
+def test_the_report_says_which_sensitivity_widths_were_measured() -> None:
+    mp = {"budget": {"avg_weight_bits": 5.0}, "images": 4, "measure_bits": [5]}
+    plan = plan_mixed_precision(meaningful_vit(), BASE, mp, images(8), cache_dir=None, progress=False)
+    summary = mixed_precision_summary(plan)
+    assert summary["measured_bits"] == [5] and estimated_bits(summary) == [3, 4, 6, 8]
+    assert estimated_bits({"sensitivity": summary["sensitivity"]}) == []  # an older report: nothing claimed

@@ -108,6 +108,7 @@ def mixed_precision_summary(plan: BitPlan) -> dict[str, Any]:
         "costs": meta["costs"],
         "seconds": meta["seconds"],
         "sensitivity": sens["weight"],
+        "measured_bits": sens["measured_bits"],
         "metric": f"{sens['method']} of the model output vs fp32",
         "calibration": f"{sens['images']} calibration images",
         "sensitivity_cache": sens["cache"],

@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from vitslim.report.markdown import report_device, where_measured  # noqa: E402
+from vitslim.report.markdown import estimated_bits, report_device, where_measured  # noqa: E402
 
 COLORS = plt.get_cmap("tab10").colors
 
@@ -127,6 +127,7 @@ def sensitivity(report: dict) -> bytes | None:
     table: dict[str, dict[str, float]] = mp["sensitivity"]
     layers = list(table)
     bits = sorted({int(b) for row in table.values() for b in row})
+    estimated = estimated_bits(mp)
     with _figure(width=max(7.0, 0.16 * len(layers) + 2), height=4.2) as (fig, ax):
         for i, b in enumerate(bits):
             ax.plot(
@@ -134,7 +135,8 @@ def sensitivity(report: dict) -> bytes | None:
                 [table[layer].get(str(b), float("nan")) for layer in layers],
                 marker="o",
                 ms=3,
-                label=f"{b}-bit weights",
+                linestyle="--" if b in estimated else "-",
+                label=f"{b}-bit weights" + (" (estimated)" if b in estimated else " (measured)" if estimated else ""),
                 color=COLORS[i % len(COLORS)],
             )
         ax.set_yscale("log")

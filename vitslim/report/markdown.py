@@ -15,6 +15,15 @@ def fmt_mb(size: int | None) -> str:
     return "n/a" if size is None else f"{size / 1e6:.1f} MB"
 
 
+def estimated_bits(mp: dict) -> list[int]:
+    """Weight widths of a mixed-precision summary whose sensitivity was estimated, not run
+    through the model (empty when the report does not say which were measured)."""
+    if mp.get("measured_bits") is None:
+        return []
+    widths = sorted({int(b) for row in mp["sensitivity"].values() for b in row})
+    return [b for b in widths if b not in mp["measured_bits"]]
+
+
 def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
@@ -196,6 +205,12 @@ def _quantization_section(variants: list[dict]) -> list[str]:
             f"(parameter-weighted), {fmt_mb(costs.get('size_bytes'))}, in {mp['seconds']:.0f} s "
             f"(sensitivity: {mp['metric']}, {mp['calibration']}; cache {mp.get('sensitivity_cache')})."
         )
+        if estimated_bits(mp):
+            measured = ", ".join(f"{b}-bit" for b in mp["measured_bits"]) or "no width"
+            text += (
+                f" Sensitivity of {measured} weights run through the model; "
+                f"{', '.join(f'{b}-bit' for b in estimated_bits(mp))} estimated from each layer's own output error."
+            )
         if "drop" in mp:
             text += f" Drop measured during the search: {mp['drop']['measured']:.2f} pt."
         lines += ["", text]

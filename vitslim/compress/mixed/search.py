@@ -185,6 +185,8 @@ def plan_mixed_precision(
                 "cache": table.meta.get("cache"),
                 "seconds": sens_time,
                 "images": int(min(mp.images, images.shape[0])),
+                # weight widths run through the model; the others are estimates (fisher: all are)
+                "measured_bits": [] if table.method == "fisher" else list(table.meta["measure_bits"]),
                 "weight": table.to_dict()["weight"],
             },
         }
