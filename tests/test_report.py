@@ -141,3 +141,31 @@ def test_staged_output_dir_unwritable_parent(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="cannot write to --out"):
         with staged_output_dir(blocker / "run"):
             pass
+
+
+@pytest.mark.parametrize(
+    ("measured", "says"),
+    [
+        ([5], "Sensitivity of 5-bit weights run through the model; 3-bit, 8-bit estimated"),
+        ([], "No width was run through the model"),
+        (None, None),  # a report from before measured_bits: no claim either way
+    ],
+)
+def test_markdown_says_which_sensitivity_widths_were_measured(measured: list[int] | None, says: str | None) -> None:
+    report = sample_report()
+    mixed = {
+        "costs": {"avg_weight_bits": 5.5, "size_bytes": 1_000_000},
+        "seconds": 3.0,
+        "sensitivity": {"blocks.0.mlp.fc1": {"3": 0.1, "5": 0.01, "8": 0.001}},
+        "metric": "kl of the model output vs fp32",
+        "calibration": "8 calibration images",
+        "sensitivity_cache": "miss",
+        **({} if measured is None else {"measured_bits": measured}),
+    }
+    sites = {"blocks.0.mlp.fc1.weight": {"kind": "weight", "bits": 5}}
+    report["variants"].append(
+        {**report["variants"][0], "name": "quant", "quantization": {"sites": sites}, "mixed_precision": mixed}
+    )
+    text = render_markdown(report)
+    assert "quant: mixed precision reached 5.50 average weight bits" in text
+    assert (says in text) if says else ("run through the model" not in text)

@@ -205,11 +205,14 @@ def _quantization_section(variants: list[dict]) -> list[str]:
             f"(parameter-weighted), {fmt_mb(costs.get('size_bytes'))}, in {mp['seconds']:.0f} s "
             f"(sensitivity: {mp['metric']}, {mp['calibration']}; cache {mp.get('sensitivity_cache')})."
         )
-        if estimated_bits(mp):
-            measured = ", ".join(f"{b}-bit" for b in mp["measured_bits"]) or "no width"
+        estimated = ", ".join(f"{b}-bit" for b in estimated_bits(mp))
+        if estimated and not mp["measured_bits"]:
+            text += " No width was run through the model: every sensitivity is a second-order estimate."
+        elif estimated:
+            measured = ", ".join(f"{b}-bit" for b in mp["measured_bits"])
             text += (
                 f" Sensitivity of {measured} weights run through the model; "
-                f"{', '.join(f'{b}-bit' for b in estimated_bits(mp))} estimated from each layer's own output error."
+                f"{estimated} estimated from each layer's own output error."
             )
         if "drop" in mp:
             text += f" Drop measured during the search: {mp['drop']['measured']:.2f} pt."
