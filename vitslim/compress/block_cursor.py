@@ -11,6 +11,7 @@ This needs blocks chained one into the next with nothing else passed between the
 ``self.blocks(x)``). A probe on one image checks that; otherwise, and for stages that are not
 blocks, every pass runs the whole model (:func:`~vitslim.compress.quant.calibration.run_until`).
 Token-reducing blocks keep working: the token sizes entering the block are kept with each batch.
+:class:`BlockRunner` (the pieces: first block inputs, one block, the head) also serves bias correction.
 """
 
 from __future__ import annotations
@@ -24,11 +25,55 @@ from torch import Tensor, nn
 from vitslim.compress.quant.calibration import run_until
 from vitslim.compress.tokens import token_reduction_state
 
-__all__ = ["BlockCursor", "chained_blocks"]
+__all__ = ["BlockCursor", "BlockRunner", "chained_blocks"]
 
 
 class _Stop(Exception):
     """Ends the pass that captures the first block's inputs."""
+
+
+class BlockRunner:
+    """Runs a timm ViT piecewise on kept block inputs: the first block's inputs, one block, the
+    head. The token-reduction state's token sizes are restored before each piece, as the whole
+    forward would have them."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.state = token_reduction_state(model)
+
+    def inputs(self, batches: Sequence[Tensor]) -> list[tuple[Tensor, Tensor | None]]:
+        """The first block's input (and token sizes: none yet) for each batch, as the model is now."""
+        out: list[tuple[Tensor, Tensor | None]] = []
+
+        def grab(_m: nn.Module, args: tuple) -> None:
+            out.append((args[0].detach(), None))
+            raise _Stop
+
+        handle = self.model.blocks[0].register_forward_pre_hook(grab)
+        try:
+            for x in batches:
+                with contextlib.suppress(_Stop):
+                    self.model(x)
+        finally:
+            handle.remove()
+        return out
+
+    def block(self, index: int, x: Tensor, size: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Block ``index`` on ``x`` entering with token sizes ``size``: its output and the sizes after it."""
+        if self.state is not None:
+            self.state.size = size
+        y = self.model.blocks[index](x)
+        return y, None if self.state is None else self.state.size
+
+    def head(self, x: Tensor, size: Tensor | None) -> Tensor:
+        """The final norm and head on the last block's output ``x`` (token sizes ``size``)."""
+        if self.state is not None:
+            self.state.size = size
+        try:
+            return self.model.forward_head(self.model.norm(x))
+        finally:
+            if self.state is not None:
+                self.state.begin()
 
 
 def chained_blocks(model: nn.Module, image: Tensor) -> bool:
@@ -70,10 +115,9 @@ class BlockCursor:
         self.blocks = list(getattr(model, "blocks", []))
         block_stage = any(any(stop is b for b in self.blocks) for stop in stops)
         self.chained = block_stage and bool(self.batches) and chained_blocks(model, self.batches[0][:1])
-        self.state = token_reduction_state(model)
+        self.runner = BlockRunner(model)
         self.position = -1  # index of the block whose inputs are kept (-1: none yet)
-        self.inputs: list[Tensor] = []
-        self.sizes: list[Tensor | None] = []
+        self.kept: list[tuple[Tensor, Tensor | None]] = []  # per batch: that block's input, token sizes
 
     def run(self, stop_after: nn.Module | None, bar) -> None:
         """Run every batch up to the end of ``stop_after`` (None: the whole model), as
@@ -84,39 +128,12 @@ class BlockCursor:
             return
         with torch.no_grad():
             if self.position < 0:
-                self._capture_first()
-            while self.position < index:
-                self._advance()
-            for b in range(len(self.batches)):
-                self._block(index, b)
+                self.kept, self.position = self.runner.inputs(self.batches), 0
+            while self.position < index:  # the kept block has changed since it ran: its outputs now
+                self.kept = [self.runner.block(self.position, x, size) for x, size in self.kept]
+                self.position += 1
+            for x, size in self.kept:
+                self.runner.block(index, x, size)
                 bar.update(1)
-        if self.state is not None:
-            self.state.begin()
-
-    def _capture_first(self) -> None:
-        def keep(_m: nn.Module, args: tuple) -> None:
-            self.inputs.append(args[0])
-            raise _Stop
-
-        handle = self.blocks[0].register_forward_pre_hook(keep)
-        try:
-            for x in self.batches:
-                with contextlib.suppress(_Stop):
-                    self.model(x)
-        finally:
-            handle.remove()
-        self.sizes = [None] * len(self.batches)
-        self.position = 0
-
-    def _block(self, index: int, batch: int) -> tuple[Tensor, Tensor | None]:
-        """Block ``index`` on batch ``batch``'s kept input: its output and the token sizes after it."""
-        if self.state is not None:
-            self.state.size = self.sizes[batch]
-        out = self.blocks[index](self.inputs[batch])
-        return out, None if self.state is None else self.state.size
-
-    def _advance(self) -> None:
-        """Replace the kept inputs by the current block's outputs: the next block's inputs."""
-        for b in range(len(self.batches)):
-            self.inputs[b], self.sizes[b] = self._block(self.position, b)
-        self.position += 1
+        if self.runner.state is not None:
+            self.runner.state.begin()

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from vitslim.compress.tokens import token_reduction_state
+from vitslim.compress.block_cursor import BlockRunner
 from vitslim.errors import UserError
 
 from .placement import quantization_disabled
@@ -76,49 +76,6 @@ def output_means(layers: Mapping[str, nn.Module], *, stop: bool = False) -> Iter
         means.update({name: total / count for name, (total, count) in sums.items()})
 
 
-class _Blocks:
-    """Runs a timm ViT piecewise on cached quantized block inputs (the token-reduction state's
-    token sizes restored before each block, as the whole forward would have them)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        if not isinstance(getattr(model, "blocks", None), nn.Sequential) or not hasattr(model, "forward_head"):
-            raise UserError("bias correction needs a timm ViT (blocks, norm and forward_head)")
-        self.model = model
-        self.state = token_reduction_state(model)
-
-    def inputs(self, batches: Sequence[Tensor]) -> list[tuple[Tensor, Tensor | None]]:
-        """The first block's inputs in the quantized model, one per batch."""
-        out: list[tuple[Tensor, Tensor | None]] = []
-
-        def grab(_m: nn.Module, args: tuple) -> None:
-            out.append((args[0].detach(), None))
-            raise _Stop
-
-        handle = self.model.blocks[0].register_forward_pre_hook(grab)
-        try:
-            for x in batches:
-                with contextlib.suppress(_Stop):
-                    self.model(x)
-        finally:
-            handle.remove()
-        return out
-
-    def block(self, index: int, x: Tensor, size: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        if self.state is not None:
-            self.state.size = size
-        y = self.model.blocks[index](x)
-        return y, None if self.state is None or self.state.size is None else self.state.size
-
-    def head(self, x: Tensor, size: Tensor | None) -> Tensor:
-        if self.state is not None:
-            self.state.size = size
-        try:
-            return self.model.forward_head(self.model.norm(x))
-        finally:
-            if self.state is not None:
-                self.state.begin()
-
-
 def _measure(name: str, layer: nn.Module, calls: Iterable[Callable[[], object]]) -> Tensor | None:
     """Mean output of ``layer`` over ``calls`` (passes that stop right after it); None if it never ran."""
     with output_means({name: layer}, stop=True) as means:
@@ -164,7 +121,9 @@ def bias_correct_(
     layers = correctable_layers(model)
     if not layers or not batches:
         return {}
-    runner = _Blocks(model)
+    if not isinstance(getattr(model, "blocks", None), nn.Sequential) or not hasattr(model, "forward_head"):
+        raise UserError("bias correction needs a timm ViT (blocks, norm and forward_head)")
+    runner = BlockRunner(model)
     depth = len(model.blocks)
     reference = reference_means(model, batches) if reference is None else reference
     staged = _stages([name for name in reference if name in layers], depth)
