@@ -91,3 +91,19 @@ def stored_weight(graph: onnx.GraphProto, site: str) -> tuple[np.ndarray, np.nda
     inits = {t.name: t for t in graph.initializer}
     dq = next(n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] == name)
     return numpy_helper.to_array(inits[name]), numpy_helper.to_array(inits[dq.input[1]]), dq
+
+
+def reducing_scatter_nodes(path: str | Path) -> list[onnx.NodeProto]:
+    """Scatter nodes of an ONNX file that accumulate (a reduction, or ScatterND's duplicate-index
+    semantics): ONNX has no 'mean' reduction and TensorRT's scatter layer takes none. A plain
+    ScatterElements overwriting distinct positions runs in every runtime."""
+    model = onnx.load(str(path))
+    nodes = list(model.graph.node) + [n for fn in model.functions for n in fn.node]
+    reducing = []
+    for node in nodes:
+        if not (node.op_type.startswith("Scatter") or node.op_type == "IndexPut"):
+            continue
+        reduction = next((a.s.decode() for a in node.attribute if a.name == "reduction"), "none")
+        if node.op_type != "ScatterElements" or reduction != "none":
+            reducing.append(node)
+    return reducing

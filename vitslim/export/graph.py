@@ -7,8 +7,10 @@
 2. the all-zero zero point of a weight DequantizeLinear is dropped (symmetric weights);
 3. ``DequantizeLinear -> Mul(scalar constant) -> MatMul`` (the attention's ``q · scale``) folds the
    scalar into the DequantizeLinear scale, so the MatMul reads the DequantizeLinear directly;
-4. ``QuantizeLinear -> DequantizeLinear -> Transpose -> MatMul`` (the key in ``q @ kᵀ``) becomes
-   ``Transpose -> QuantizeLinear -> DequantizeLinear -> MatMul`` (exact for per-tensor Q/DQ);
+4. ``[Clip ->] QuantizeLinear -> DequantizeLinear -> Transpose -> MatMul`` (the key in ``q @ kᵀ``)
+   becomes ``Transpose -> [Clip ->] QuantizeLinear -> DequantizeLinear -> MatMul`` (exact for
+   per-tensor Q/DQ), and two Transposes in a row become one (:func:`fuse_transposes`): the key
+   reaches the MatMul through one ``Transpose(0, 2, 3, 1)``, the form OpenVINO's fused attention takes;
 5. ``Add(DequantizeLinear a, DequantizeLinear b) -> MatMul(·, B)`` (a twin-uniform activation's
    two ranges) becomes ``Add(MatMul(DQ a, B), MatMul(DQ b, B'))``, ``B'`` a copy of ``B``'s
    DequantizeLinear, so that each MatMul reads DequantizeLinear nodes only;
@@ -29,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["GraphReport", "optimize_qdq_graph", "graph_report", "weight_dequantizers"]
+__all__ = ["GraphReport", "fuse_transposes", "optimize_qdq_graph", "graph_report", "weight_dequantizers"]
 
 INTEGER_TYPES = {TensorProto.INT8: "int8", TensorProto.UINT8: "uint8", TensorProto.INT4: "int4"}
 MATMUL_OPS = ("MatMul", "Gemm")
@@ -188,6 +190,14 @@ def _fold_scalar_mul(graph: onnx.GraphProto) -> int:
     return done
 
 
+def _scalar_clip(g: _Graph, node: onnx.NodeProto | None) -> bool:
+    """Whether ``node`` is a Clip with constant scalar bounds (elementwise: it commutes with a Transpose)."""
+    if node is None or node.op_type != "Clip":
+        return False
+    bounds = [g.constant(name) for name in node.input[1:] if name]
+    return all(b is not None and b.size == 1 for b in bounds)
+
+
 def _move_transposes(graph: onnx.GraphProto) -> int:
     g = _Graph(graph)
     done = 0
@@ -206,13 +216,46 @@ def _move_transposes(graph: onnx.GraphProto) -> int:
         users = g.consumers.get(tr.output[0], [])
         if not users or any(u is None or u.op_type not in MATMUL_OPS for u in users):
             continue
+        # an elementwise Clip to the code range (narrow or sub-8-bit codes) moves up with the pair
+        clip = g.producer.get(q.input[0])
+        head = clip if _scalar_clip(g, clip) and g.only_consumer(clip.output[0]) is q else q
         t_out, dq_out = tr.output[0], dq.output[0]
         for user in users:
             for i, inp in enumerate(user.input):
                 if inp == t_out:
                     user.input[i] = dq_out
-        tr.input[0] = q.input[0]
-        q.input[0] = t_out
+        tr.input[0] = head.input[0]
+        head.input[0] = t_out
+        done += 1
+    return done
+
+
+def fuse_transposes(graph: onnx.GraphProto) -> int:
+    """Every ``Transpose(p1) -> Transpose(p2)`` becomes one ``Transpose(p1 ∘ p2)`` reading the first
+    one's input, or nothing when they cancel out (the first stays while something else reads it);
+    returns how many were fused."""
+    g = _Graph(graph)
+    done = 0
+    for second in list(graph.node):
+        if second.op_type != "Transpose":
+            continue
+        first = g.producer.get(second.input[0])
+        if first is None or first.op_type != "Transpose":
+            continue
+        p1, p2 = _attr(first, "perm"), _attr(second, "perm")
+        if p1 is None or p2 is None:
+            continue  # a default (reversing) perm needs the rank
+        perm = [int(p1[i]) for i in p2]
+        single = g.only_consumer(first.output[0]) is second
+        if perm == sorted(perm) and not any(o.name == second.output[0] for o in graph.output):
+            _rename_uses(graph, second.output[0], first.input[0])  # the two cancel out
+            graph.node.remove(second)
+        else:
+            _set_attr(second, "perm", perm)
+            second.input[0] = first.input[0]
+        if single:
+            graph.node.remove(first)
+        g = _Graph(graph)
         done += 1
     return done
 
@@ -344,6 +387,7 @@ def optimize_qdq_graph(model: onnx.ModelProto, int4_initializers: Iterable[str] 
     _drop_weight_zero_points(graph)
     folded = _fold_scalar_mul(graph)
     moved = _move_transposes(graph)
+    fuse_transposes(graph)
     split = _split_summed_matmuls(graph)
     int4 = _to_int4(graph, int4_initializers)
     _prune_and_sort(graph)

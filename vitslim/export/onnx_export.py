@@ -18,6 +18,8 @@ from onnx_ir.passes.common import LiftConstantsToInitializersPass
 from vitslim.errors import UserError
 from vitslim.files import atomic_path
 
+from .graph import fuse_transposes
+
 DEFAULT_OPSET = 18
 
 
@@ -74,13 +76,17 @@ def with_weights(graph: ir.Model, model: torch.nn.Module) -> ir.Model:
 
 def save_onnx(graph: ir.Model, path: str | Path, *, optimize: bool = True) -> Path:
     """Write ``graph`` to ``path``, checked by ``onnx.checker``. ``optimize``: a copy is written
-    after :func:`light_optimize` (``graph`` itself is left as it is). The file is written to a
+    after :func:`light_optimize` and :func:`~vitslim.export.graph.fuse_transposes` (``graph``
+    itself is left as it is). The file is written to a
     temporary name in the same folder and renamed, so a failure leaves nothing behind."""
     if optimize:
         graph = graph.clone()
         light_optimize(graph)
+    proto = ir.serde.serialize_model(graph)
+    if optimize:
+        fuse_transposes(proto.graph)
     with atomic_path(path) as tmp:
-        ir.save(graph, tmp)
+        onnx.save(proto, tmp)
         onnx.checker.check_model(tmp)
     return Path(path)
 

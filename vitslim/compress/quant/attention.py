@@ -15,7 +15,14 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-__all__ = ["ATTENTION_POINTS", "TAP", "explicit_attention", "uses_explicit_attention", "QuantAttentionMixin"]
+__all__ = [
+    "ATTENTION_POINTS",
+    "TAP",
+    "attention_operands",
+    "explicit_attention",
+    "uses_explicit_attention",
+    "QuantAttentionMixin",
+]
 
 #: Attribute names of the hook points on an attention module, by slot.
 ATTENTION_POINTS = {"q": "q_quant", "k": "k_quant", "softmax": "softmax_quant", "v": "v_quant"}
@@ -37,6 +44,19 @@ def uses_explicit_attention(attn: nn.Module) -> bool:
 def _apply(attn: nn.Module, slot: str, x: Tensor) -> Tensor:
     point = _point(attn, slot)
     return x if point is None else point(x)
+
+
+def attention_operands(attn: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``q, k, v`` [B, H, N, D] of timm ``Attention`` ``attn`` on ``x`` [B, N, C] (q/k norms applied).
+
+    The heads are split token-major and each operand transposed on its own (an ONNX
+    ``Transpose(0, 2, 1, 3)`` per operand, the layout of BERT-style graphs): OpenVINO folds those
+    transposes into its fused attention, where timm's single 5-D permute stays a separate op.
+    """
+    B, N, _ = x.shape
+    qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim)
+    q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
+    return attn.q_norm(q), attn.k_norm(k), v
 
 
 def explicit_attention(
@@ -71,9 +91,7 @@ class QuantAttentionMixin:
         B, N, _ = x.shape
         gate_mod = getattr(self, "gate", None)
         gate = gate_mod(x).sigmoid() if gate_mod is not None else None
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = attention_operands(self, x)
         x, _ = explicit_attention(self, q, k, v)
         x = x.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim)
         x = self.norm(x)

@@ -1,10 +1,14 @@
 """ToMe-style bipartite soft matching, written from the paper (Bolya et al., ICLR 2023).
 
-Pure functions on tensors, no module state. Only sort/top-k, gather, comparisons,
-cumulative sums and a small one-hot matmul are used: no ``scatter``/``index_add``/
-``scatter_reduce`` (ONNX has no 'mean' scatter reduction and TensorRT's scatter layer
-has no reduction at all), so with a static ``r`` the exported graph has static shapes
-and runs in ONNX Runtime and TensorRT.
+Pure functions on tensors, no module state. The merge is one 0/1 *combine* matrix product:
+each patch token has a *target* (its own position, or its partner's when it is merged away),
+the survivors keep their original order, and ``combine[b, o, i] = (keep[b, o] == target[b, i])``
+sums every token into the survivor it ends in. Per merging layer the exported graph has one
+similarity MatMul, one ReduceMax/ArgMax, two TopK, one ScatterElements (no reduction: the
+merged positions are distinct), one Equal and one combine MatMul, with static shapes for a
+static ``r``: no ``scatter`` with a reduction (ONNX has no 'mean' reduction and TensorRT's
+scatter layer has none at all), no index expansion for GatherElements (a slow reference
+kernel in OpenVINO), so ONNX Runtime, OpenVINO and TensorRT run it.
 
 Token layout: ``x`` is ``[B, N, C]`` with ``num_prefix`` protected tokens first (class,
 distillation and register tokens), then ``t = N - num_prefix`` patch tokens. The patch
@@ -46,8 +50,8 @@ def max_merge(num_tokens: int, num_prefix: int = 1) -> int:
 class MergePlan:
     """Which tokens merge where; the output of :func:`bipartite_soft_matching`.
 
-    Index tensors are relative to the patch tokens (prefix excluded): ``src``/``partner``
-    index set A, ``dst`` indexes set B, ``keep`` indexes the patch sequence in original order.
+    Index tensors are token positions (prefix included): ``src`` are A tokens, ``dst`` their B
+    partners, ``target`` and ``keep`` index the sequence in original order.
     """
 
     num_prefix: int
@@ -55,65 +59,61 @@ class MergePlan:
     r: int
     src: torch.Tensor  # [B, r] A tokens merged away
     dst: torch.Tensor  # [B, r] their B partners
-    partner: torch.Tensor  # [B, Na] best B partner of every A token
-    merged: torch.Tensor  # [B, Na] 1.0 where the A token is merged away, else 0.0 (float32)
-    survive: torch.Tensor  # [B, t] 1.0 where the patch token survives, original order (float32)
-    keep: torch.Tensor  # [B, t - r] positions of the survivors, ascending
+    target: torch.Tensor  # [B, N] position each token ends in (its own, or its partner's)
+    keep: torch.Tensor  # [B, N - r] positions of the survivors, ascending (prefix first)
 
     @property
     def num_out(self) -> int:
         return self.num_tokens - self.r
 
 
-def _interleave(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Sets A (even) and B (odd) back into original order: a0 b0 a1 b1 ... (static reshapes)."""
-    nb = b.shape[1]
-    out = torch.stack([a[:, :nb], b], dim=2).flatten(1, 2)
-    if a.shape[1] > nb:
-        out = torch.cat([out, a[:, nb:]], dim=1)
-    return out
+#: similarity given to pairs that may not merge (cosine similarities are >= -1)
+NO_EDGE = -4.0
 
 
-def _gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """``x[b, idx[b, i], :]`` for ``x`` [B, N, D] and ``idx`` [B, K] (GatherElements)."""
-    return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+def edge_mask(num_tokens: int, num_prefix: int, device: torch.device | None = None) -> torch.Tensor:
+    """[N, N] additive mask of the allowed edges: 0 from an A token (row) to a B token (column),
+    :data:`NO_EDGE` elsewhere (prefix tokens, A→A, B→anything). A constant of the graph."""
+    pos = torch.arange(num_tokens, device=device)
+    offset = pos - num_prefix
+    is_a = (offset >= 0) & (offset % 2 == 0)
+    is_b = (offset >= 0) & (offset % 2 == 1)
+    return torch.where(is_a[:, None] & is_b[None, :], 0.0, NO_EDGE)
 
 
-def _ascending_positions(mask: torch.Tensor, count: int) -> torch.Tensor:
-    """Positions where the float mask [B, T] is 1, ascending, as a [B, count] index (top-k, no sort of ints)."""
-    t = mask.shape[1]
-    pos = torch.arange(t, device=mask.device, dtype=torch.float32)
-    key = pos + (1.0 - mask.float()) * t  # dropped positions go behind every kept one
-    return key.topk(count, dim=-1, largest=False, sorted=True).indices
+def first_max_index(scores: torch.Tensor, row_max: torch.Tensor) -> torch.Tensor:
+    """Index of the first column where each row of ``scores`` [B, N, M] reaches its maximum
+    ``row_max`` [B, N] (an argmax): an Equal, an integer product and a ReduceMax instead of the
+    TopK that ArgMax becomes in OpenVINO, which costs as much as an int8 transformer block here."""
+    m = scores.shape[-1]
+    from_end = torch.arange(m, 0, -1, device=scores.device, dtype=torch.int32)  # first column scores highest
+    hits = (scores == row_max.unsqueeze(-1)).to(torch.int32) * from_end
+    return (m - hits.amax(dim=-1)).long()
 
 
 def bipartite_soft_matching(metric: torch.Tensor, r: int, num_prefix: int = 1, eps: float = 1e-6) -> MergePlan:
     """Match A tokens to B tokens on ``metric`` [B, N, D] and choose the ``r`` best edges.
 
     ``r`` is clamped to :func:`max_merge`. The metric is L2-normalised here (ToMe uses the
-    attention keys averaged over heads).
+    attention keys averaged over heads). The similarity of all token pairs is one matmul plus
+    the constant :func:`edge_mask` (no strided slicing): rows that are not A tokens never win.
+    Positions in the plan are over all ``N`` tokens (prefix included).
     """
     bsz, n, _ = metric.shape
     p = int(num_prefix)
-    t = n - p
     r = min(max(int(r), 0), max_merge(n, p))
-    m = metric[:, p:]
-    m = m / m.norm(dim=-1, keepdim=True).clamp_min(eps)
-    a, b = m[:, 0::2], m[:, 1::2]
-    na, nb = a.shape[1], b.shape[1]
-    scores = a @ b.transpose(-1, -2)  # [B, Na, Nb] cosine similarity
-    node_max, partner = scores.max(dim=-1)
-    if r > 0:
-        src = node_max.topk(r, dim=-1, sorted=True).indices  # [B, r]
-        dst = partner.gather(1, src)
-        ar = torch.arange(na, device=metric.device)
-        merged = (src.unsqueeze(-1) == ar).to(torch.float32).sum(dim=1)  # [B, Na] one-hot "any"
-    else:
-        src = dst = torch.zeros(bsz, 0, dtype=torch.long, device=metric.device)
-        merged = torch.zeros(bsz, na, dtype=torch.float32, device=metric.device)
-    survive = _interleave(1.0 - merged, torch.ones(bsz, nb, dtype=torch.float32, device=metric.device))
-    keep = _ascending_positions(survive, t - r)
-    return MergePlan(p, n, r, src, dst, partner, merged, survive, keep)
+    m = metric / metric.norm(dim=-1, keepdim=True).clamp_min(eps)
+    scores = m @ m.transpose(-1, -2) + edge_mask(n, p, metric.device).to(m.dtype)  # [B, N, N] cosine
+    node_max = scores.amax(dim=-1)
+    partner = first_max_index(scores, node_max)
+    src = node_max.topk(r, dim=-1, sorted=True).indices  # [B, r] A tokens (all rows else are masked)
+    dst = partner.gather(1, src)
+    position = torch.arange(n, device=metric.device).expand(bsz, n)
+    target = position.scatter(1, src, dst)  # merged A tokens point at their B partner
+    # survivors (target == own position) first, in original order
+    key = position + n * (target != position).to(position.dtype)
+    keep = key.topk(n - r, dim=-1, largest=False, sorted=True).indices
+    return MergePlan(p, n, r, src, dst, target, keep)
 
 
 def merge_tokens(
@@ -124,23 +124,17 @@ def merge_tokens(
     Returns ``(x, size)`` with ``N - r`` tokens; merged tokens are size-weighted averages and
     their size is the sum of the sizes merged. ``r == 0`` returns the inputs unchanged.
     """
-    if size is None:
+    if size is None and plan.r == 0:
         size = torch.ones(x.shape[0], x.shape[1], 1, dtype=x.dtype, device=x.device)
     if plan.r == 0:
         return x, size
-    p = plan.num_prefix
-    c = x.shape[-1]
+    combine = (plan.keep.unsqueeze(-1) == plan.target.unsqueeze(1)).to(x.dtype)  # [B, N - r, N]
+    if size is None:
+        out_size = combine.sum(dim=-1, keepdim=True)
+        return (combine @ x) / out_size, out_size
     size = size.to(x.dtype)
-    # carry the size as one extra channel so one gather/matmul moves both
-    xs = torch.cat([x[:, p:] * size[:, p:], size[:, p:]], dim=-1)
-    a, b = xs[:, 0::2], xs[:, 1::2]
-    src_vals = _gather_tokens(a, plan.src)  # [B, r, C+1]
-    onehot = (plan.dst.unsqueeze(-1) == torch.arange(b.shape[1], device=x.device)).to(x.dtype)  # [B, r, Nb]
-    b = b + onehot.transpose(1, 2) @ src_vals
-    out = _gather_tokens(_interleave(a, b), plan.keep)  # [B, t - r, C+1]
-    out_size = out[..., c:]
-    out_x = out[..., :c] / out_size
-    return torch.cat([x[:, :p], out_x], dim=1), torch.cat([size[:, :p], out_size], dim=1)
+    out_size = combine @ size
+    return (combine @ (x * size)) / out_size, out_size
 
 
 def merge_wavg(
@@ -158,14 +152,9 @@ def unmerge_tokens(plan: MergePlan, x: torch.Tensor) -> torch.Tensor:
     Every input token receives the value of the output token it ended up in (merged A tokens
     get their B partner's), e.g. to lay merged features back onto the patch grid.
     """
-    bsz = x.shape[0]
-    p = plan.num_prefix
     if plan.r == 0:
         return x
-    dest = plan.survive.cumsum(dim=-1) - 1.0  # output position of every survivor
-    dest_a, dest_b = dest[:, 0::2], dest[:, 1::2]
-    dest_a = torch.where(plan.merged > 0, dest_b.gather(1, plan.partner), dest_a)
-    dest = _interleave(dest_a, dest_b).long() + p
-    prefix = torch.arange(p, device=x.device).unsqueeze(0).expand(bsz, -1)
-    idx = torch.cat([prefix, dest], dim=1)
-    return _gather_tokens(x, idx)
+    position = torch.arange(plan.num_tokens, device=x.device)
+    survivor_row = (plan.target == position).long().cumsum(dim=-1) - 1  # output row of every survivor
+    rows = survivor_row.gather(1, plan.target)
+    return x.gather(1, rows.unsqueeze(-1).expand(-1, -1, x.shape[-1]))

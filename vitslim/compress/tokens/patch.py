@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitslim.compress.quant.attention import explicit_attention, uses_explicit_attention
+from vitslim.compress.quant.attention import attention_operands, explicit_attention, uses_explicit_attention
 from vitslim.compress.quant.sites import unpatched_class
 
 from .merge import bipartite_soft_matching, max_merge, merge_tokens
@@ -144,9 +144,7 @@ class _TokenAttention:
         B, N, C = x.shape
         gate_mod = getattr(self, "gate", None)
         gate = gate_mod(x).sigmoid() if gate_mod is not None else None
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = attention_operands(self, x)
         op = st.op(getattr(self, _LAYER))
         bias = st.attn_bias(q.dtype)
 
@@ -163,8 +161,8 @@ class _TokenAttention:
             x, attn = explicit_attention(self, q, k, v, bias)
             if op == "prune":
                 st.cls_attn = attn[:, :, 0].mean(dim=1)
-        if op == "merge":
-            st.metric = k.mean(dim=1)
+        if op == "merge":  # keys averaged over heads, reduced in the token-major layout they were split in
+            st.metric = k.transpose(1, 2).mean(dim=2)
 
         x = x.transpose(1, 2).reshape(B, N, getattr(self, "attn_dim", C))
         x = self.norm(x)

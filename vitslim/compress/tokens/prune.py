@@ -15,8 +15,6 @@ from dataclasses import dataclass
 
 import torch
 
-from .merge import _ascending_positions, _gather_tokens
-
 __all__ = ["PrunePlan", "evit_keep_count", "evit_tokens_out", "evit_select", "prune_tokens"]
 
 
@@ -36,6 +34,19 @@ def evit_tokens_out(num_tokens: int, num_prefix: int, keep_rate: float) -> int:
     t = num_tokens - num_prefix
     k = evit_keep_count(t, keep_rate)
     return num_tokens if k >= t else num_prefix + k + 1
+
+
+def _gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``x[b, idx[b, i], :]`` for ``x`` [B, N, D] and ``idx`` [B, K] (GatherElements)."""
+    return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def _ascending_positions(mask: torch.Tensor, count: int) -> torch.Tensor:
+    """Positions where the float mask [B, T] is 1, ascending, as a [B, count] index (top-k, no sort of ints)."""
+    t = mask.shape[1]
+    pos = torch.arange(t, device=mask.device, dtype=torch.float32)
+    key = pos + (1.0 - mask.float()) * t  # dropped positions go behind every kept one
+    return key.topk(count, dim=-1, largest=False, sorted=True).indices
 
 
 @dataclass(frozen=True)
