@@ -86,6 +86,18 @@ def test_eval_image_folder_and_onnx(tmp_path: Path, image_folder: Path) -> None:
     assert 0.0 <= torch_row["top1"] <= 1.0 and onnx_row["agreement"] == 1.0 and onnx_row["cosine"] > 0.9999
 
 
+def test_eval_onnx_in_openvino(tmp_path: Path, image_folder: Path) -> None:
+    pytest.importorskip("openvino", reason="OpenVINO is an optional extra")
+    onnx_path = tmp_path / "m.onnx"
+    assert run("export", *TINY, "--num-classes", "2", "--out", str(onnx_path)).exit_code == 0
+    args = ["eval", *TINY, "--num-classes", "2", "--data", str(image_folder), "--onnx", str(onnx_path)]
+    result = run(*args, "--runtime", "openvino", "--json", str(tmp_path / "eval.json"))
+    assert result.exit_code == 0, result.output
+    _, ov_row = json.loads((tmp_path / "eval.json").read_text())["results"]
+    assert ov_row["name"] in ("openvino:m.onnx (bf16)", "openvino:m.onnx (f32)")
+    assert ov_row["agreement"] == 1.0 and ov_row["cosine"] > 0.999  # bf16 where the CPU has it
+
+
 def test_eval_unlabelled_folder_reports_no_accuracy(tmp_path: Path, image_folder: Path) -> None:
     result = run(
         "eval", *TINY, "--num-classes", "2", "--data", str(image_folder / "cat"), "--json", str(tmp_path / "e.json")
@@ -112,12 +124,19 @@ def test_bench_json(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "b.json").read_text())["latency"]
-    assert [(r["runtime"], r["batch"], r["threads"]) for r in rows] == [
+    assert [(r["runtime"], r["batch"], r["threads"]) for r in rows[:6]] == [
         ("pytorch", 1, 1),
         ("pytorch", 2, 1),
         ("onnxruntime", 1, 1),
         ("onnxruntime", 2, 1),
+        ("openvino", 1, 1),
+        ("openvino", 2, 1),
     ]
+    # OpenVINO in its default precision, then (where that is bf16) the f32 baseline
+    default = rows[4]["device"]
+    assert default in ("CPU (bf16)", "CPU (f32)")
+    expected = [default, default] + (["CPU (f32)", "CPU (f32)"] if default == "CPU (bf16)" else [])
+    assert [r["device"] for r in rows[4:]] == expected
 
 
 def test_export_with_checkpoint(tmp_path: Path) -> None:

@@ -44,8 +44,17 @@ def check_report(report: dict, out: Path) -> None:
         limit = 1e-3 if variant["quantization"] is None else 5e-2
         assert variant["onnx"]["max_abs_diff"] < limit, variant["onnx"]
         assert {(lat["runtime"], lat["batch"]) for lat in variant["latency"]} == {
-            (runtime, batch) for runtime in ("pytorch", "onnxruntime") for batch in (1, 2)
+            (runtime, batch) for runtime in ("pytorch", "onnxruntime", "openvino") for batch in (1, 2)
         }
+        # the OpenVINO IR: validated with the f32 hint, accuracy measured in OpenVINO's own precision
+        ov = variant["openvino"]
+        assert ov["validation"]["passed"], ov
+        assert ov["parity_f32"]["top1_agreement"] == 1.0, ov
+        assert ov["parity_f32"]["max_abs_diff"] < limit, ov
+        assert (out / ov["file"]).is_file() and (out / ov["weights_file"]).is_file()
+        assert ov["int8"]["compute_layers"] > 0
+        if variant["quantization"] is not None:  # every Linear runs int8 in OpenVINO
+            assert ov["int8"]["layers"]["FullyConnected"].get("int8", 0) > 0, ov["int8"]
     assert fp32["tokens_per_layer"] == [65] * (TINY_DEPTH + 1)
     if "tokens" in stages:
         tokens = variants[-1]["tokens_per_layer"]
@@ -87,7 +96,7 @@ def check_report(report: dict, out: Path) -> None:
         }
     assert report["validation_failures"] == []
     assert all(v["onnx"]["validation"]["passed"] for v in report["variants"])
-    files = [f"model_{v['name']}.onnx" for v in report["variants"]]
+    files = [f"model_{v['name']}.{suffix}" for v in report["variants"] for suffix in ("onnx", "xml", "bin")]
     manifest = json.loads((out / "manifest.json").read_text())
     assert sorted(f["path"] for f in manifest["files"]) == sorted(files) and list(manifest["variants"]) == [
         v["name"] for v in report["variants"]
@@ -119,6 +128,19 @@ def test_builtin_recipes_end_to_end(tmp_path: Path, image_folder: Path, name: st
     if stages.get("tokens", {}).get("schedule") == "constant":  # r >= 1 in every block
         tokens = report["variants"][-1]["tokens_per_layer"]
         assert all(a > b for a, b in zip(tokens, tokens[1:], strict=False))
+
+
+def test_target_cpu_drops_2_4_sparsity_and_says_so(tmp_path: Path, image_folder: Path) -> None:
+    out = tmp_path / "out"
+    args = ["compress", *tiny(), "--recipe", "full", "--data", str(image_folder), "--calib", str(image_folder)]
+    result = run(*args, *FAST, "--target", "cpu", "--runtime", "onnxruntime", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert [v["name"] for v in report["variants"]] == ["fp32", "tokens", "quant"]
+    assert list(report["recipe"]["stages"]) == ["tokens", "quant"]
+    assert report["target"]["name"] == "cpu" and list(report["target"]["dropped_stages"]) == ["sparsity"]
+    assert "Target cpu: stage sparsity dropped: 2:4 sparsity brings no speed on a CPU" in result.output
+    assert "sparsity" not in report["variants"][-1]
 
 
 def test_alone_measures_each_later_stage_on_the_fp32_model(tmp_path: Path, image_folder: Path) -> None:
@@ -172,11 +194,16 @@ def test_failed_validation_keeps_reports_and_renames_models(tmp_path: Path, imag
     result = run(*args, *FAST, "--out", str(out))
     assert result.exit_code == 4, result.output
     report = json.loads((out / "report.json").read_text())
-    assert len(report["validation_failures"]) == 2 and "failed validation against PyTorch" in result.stderr
+    # each variant's ONNX file (ONNX Runtime) and OpenVINO IR (f32 hint) failed, and was renamed
+    assert len(report["validation_failures"]) == 4 and "failed validation against PyTorch" in result.stderr
     assert sorted(p.name for p in out.glob("*.onnx")) == ["model_fp32.failed.onnx", "model_quant.failed.onnx"]
+    assert sorted(p.name for p in out.glob("*.xml")) == ["model_fp32.failed.xml", "model_quant.failed.xml"]
+    assert sorted(p.name for p in out.glob("*.bin")) == ["model_fp32.failed.bin", "model_quant.failed.bin"]
     for variant in report["variants"]:
-        assert variant["onnx"]["validation"]["passed"] is False
-        assert variant["onnx"]["validation"]["reasons"][0].startswith("max abs diff")
+        for record in (variant["onnx"], variant["openvino"]):
+            assert record["validation"]["passed"] is False
+            assert record["validation"]["reasons"][0].startswith("max abs diff")
+        assert variant["openvino"]["file"].endswith(".failed.xml")
 
 
 def test_tensorrt_export_without_tensorrt_writes_trtexec_script(tmp_path: Path, image_folder: Path) -> None:
@@ -278,13 +305,21 @@ def test_verbose_logs_each_step_and_the_report_says_where(tmp_path: Path, image_
         "model_quant.onnx validation passed",
         "quant: onnxruntime on CPUExecutionProvider, batch 2: p50",
         "quant: pytorch on cpu, batch 1: p50",
+        "model_quant.xml validation passed",
+        "quant: openvino on CPU (",
     ):
         assert line in result.stderr, result.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["benchmark"]["device"] == "cpu"
     assert report["benchmark"]["onnxruntime_providers"] == ["CPUExecutionProvider"]
     devices = {(lat["runtime"], lat["device"]) for v in report["variants"] for lat in v["latency"]}
-    assert devices == {("pytorch", "cpu"), ("onnxruntime", "CPUExecutionProvider")}
+    ov_devices = {device for runtime, device in devices if runtime == "openvino"}
+    assert devices - {("openvino", d) for d in ov_devices} == {
+        ("pytorch", "cpu"),
+        ("onnxruntime", "CPUExecutionProvider"),
+    }
+    # OpenVINO's default precision, plus the f32 baseline where that default is bf16
+    assert ov_devices in ({"CPU (f32)"}, {"CPU (bf16)", "CPU (f32)"})
     assert "CPU " in (out / "report.md").read_text().split("## Latency (")[1].splitlines()[0]
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from vitslim.compress.tokens import TokenMergeConfig, TokenPruneConfig
 from vitslim.errors import UserError
-from vitslim.recipes import INSTALLED_RECIPES, STAGE_ORDER, list_recipes, load_recipe
+from vitslim.recipes import INSTALLED_RECIPES, STAGE_ORDER, list_recipes, load_recipe, parse_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 REPO_RECIPES = sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml"))
@@ -108,3 +108,17 @@ def test_unknown_names_and_missing_files() -> None:
     assert all(name in str(err.value) for name in list_recipes())
     with pytest.raises(UserError, match="recipe file missing.yaml does not exist"):
         load_recipe("missing.yaml")
+
+
+def test_for_target_drops_what_cannot_pay_there() -> None:
+    full = load_recipe("full")
+    cpu, dropped = full.for_target("cpu")
+    assert list(cpu.stages) == ["tokens", "quant"] and list(dropped) == ["sparsity"]
+    assert "no speed on a CPU" in dropped["sparsity"]
+    assert full.for_target("gpu") == (full, {})
+    assert load_recipe("cpu").for_target("cpu")[1] == {}  # nothing to drop
+    with pytest.raises(UserError, match="unknown target 'tpu'"):
+        full.for_target("tpu")
+    only_sparsity = parse_recipe({"stages": {"sparsity": {"method": "magnitude"}}}, "test", "s")
+    with pytest.raises(UserError, match="nothing left for target cpu"):
+        only_sparsity.for_target("cpu")

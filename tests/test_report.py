@@ -75,8 +75,8 @@ def test_markdown_names_runtime_device_batch_threads_data() -> None:
     text = render_markdown(sample_report())
     assert "fashion-mnist:test, 100 samples" in text
     assert "Test CPU" in text and "torch 2.14.1" in text
-    assert "| fp32 | pytorch | 1 | 2 | 10.00 |" in text
-    assert "| fp32 | onnxruntime | 1 | 2 | 5.00 |" in text
+    assert "| fp32 | pytorch | cpu | 1 | 2 | 10.00 |" in text
+    assert "| fp32 | onnxruntime | cpu | 1 | 2 | 5.00 |" in text
     assert "90.00%" in text and "`model_fp32.onnx`" in text
 
 

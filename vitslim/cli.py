@@ -154,18 +154,19 @@ def runtime_option(default: str) -> Callable[[Callable], Callable]:
     """--runtime: whose latency is measured."""
     return click.option(
         "--runtime",
-        type=click.Choice(["pytorch", "onnxruntime", "all"]),
+        type=click.Choice(["pytorch", "onnxruntime", "openvino", "all"]),
         default=default,
         show_default=True,
         help="Runtime(s) whose latency is measured (a quantized model runs as fake quantization in PyTorch, "
-        "not as it deploys).",
+        "not as it deploys); openvino also writes and evaluates each model as OpenVINO IR; all: every "
+        "installed runtime.",
     )
 
 
 def _runtimes(runtime: str) -> tuple[str, ...]:
-    from vitslim.measure import RUNTIMES
+    from vitslim.measure import resolve_runtimes
 
-    return RUNTIMES if runtime == "all" else (runtime,)
+    return resolve_runtimes(runtime)
 
 
 def _parse_stages(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, ...]:
@@ -308,7 +309,15 @@ def data_options(command: Callable) -> Callable:
     "--onnx",
     "onnx_path",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Also evaluate this exported ONNX model in ONNX Runtime and compare it with PyTorch.",
+    help="Also evaluate this exported model (ONNX, or OpenVINO IR .xml with --runtime openvino) and compare it "
+    "with PyTorch.",
+)
+@click.option(
+    "--runtime",
+    type=click.Choice(["onnxruntime", "openvino"]),
+    default="onnxruntime",
+    show_default=True,
+    help="Runtime that evaluates --onnx (OpenVINO in its default precision: bf16 on CPUs that have it).",
 )
 @json_option
 def eval_command(
@@ -319,16 +328,26 @@ def eval_command(
     batch_size: int,
     threads: int,
     onnx_path: Path | None,
+    runtime: str,
     json_path: Path | None,
 ) -> None:
-    """Top-1/top-5 on labelled data; with --onnx, fidelity of the ONNX model against PyTorch."""
-    from vitslim.measure import evaluate_onnx, evaluate_torch, load_eval_data, score
+    """Top-1/top-5 on labelled data; with --onnx, fidelity of the exported model against PyTorch."""
+    from vitslim.evaluate.accuracy import collect_outputs, score
+    from vitslim.measure import evaluate_onnx, evaluate_torch, load_eval_data
 
+    _runtimes(runtime)  # OpenVINO missing: fail before any work
     eval_data = load_eval_data(loaded, data, limit, seed, batch_size)
     classifier = loaded.num_classes > 0
     reference = evaluate_torch(loaded.model, eval_data, threads, _progress())
     results = [{"name": "pytorch", **score(reference, None, classifier)}]
-    if onnx_path is not None:
+    if onnx_path is not None and runtime == "openvino":
+        from vitslim.evaluate.openvino_runtime import execution_precision, ov_compile, ov_runner
+
+        precision = execution_precision(ov_compile(onnx_path, threads, batch=1))
+        runner = ov_runner(onnx_path, threads)
+        outputs = collect_outputs(runner, eval_data.batches, desc="evaluate openvino", progress=_progress())
+        results.append({"name": f"openvino:{onnx_path.name} ({precision})", **score(outputs, reference, classifier)})
+    elif onnx_path is not None:
         onnx_outputs = evaluate_onnx(onnx_path, eval_data, threads, _progress())
         results.append({"name": f"onnxruntime:{onnx_path.name}", **score(onnx_outputs, reference, classifier)})
     click.echo(
@@ -366,26 +385,36 @@ def bench(
     runs: int,
     json_path: Path | None,
 ) -> None:
-    """Latency of PyTorch eager and ONNX Runtime (CPU) on random inputs."""
+    """Latency of PyTorch eager, ONNX Runtime and OpenVINO (CPU) on random inputs."""
     from vitslim.evaluate.environment import environment
     from vitslim.evaluate.latency import bench_ort, bench_torch
     from vitslim.export.onnx_export import export_onnx
 
     timing = {"warmup": warmup, "runs": runs}
+    runtimes = _runtimes(runtime)
     results = []
-    if "pytorch" in _runtimes(runtime):
+    if "pytorch" in runtimes:
         results += bench_torch(loaded.model, loaded.input_size, batch_sizes, threads, progress=_progress(), **timing)
-    if "onnxruntime" in _runtimes(runtime):
-        with tempfile.TemporaryDirectory() as tmp:
-            path = onnx_path or export_onnx(loaded.model, Path(tmp) / "model.onnx", loaded.input_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = onnx_path
+        if path is None and ("onnxruntime" in runtimes or "openvino" in runtimes):
+            path = export_onnx(loaded.model, Path(tmp) / "model.onnx", loaded.input_size)
+        if "onnxruntime" in runtimes:
             results += bench_ort(str(path), loaded.input_size, batch_sizes, threads, progress=_progress(), **timing)
+        if "openvino" in runtimes:
+            from vitslim.measure_openvino import openvino_latency
+
+            results += openvino_latency(path, loaded.input_size, batch_sizes, threads, True, _progress(), **timing)
     env = environment()
     click.echo(f"{loaded.name} on {env['cpu']} ({env['logical_cores']} logical cores), random inputs")
-    click.echo(f"{'runtime':>12} {'batch':>5} {'threads':>7} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'img/s':>8}")
+    click.echo(
+        f"{'runtime':>12} {'device':>11} {'batch':>5} {'threads':>7} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
+        f"{'img/s':>8}"
+    )
     for r in results:
         click.echo(
-            f"{r.runtime:>12} {r.batch:>5} {r.threads:>7} {r.p50_ms:9.2f} {r.p90_ms:9.2f} {r.p99_ms:9.2f} "
-            f"{r.images_per_s:8.1f}"
+            f"{r.runtime:>12} {r.device:>11} {r.batch:>5} {r.threads:>7} {r.p50_ms:9.2f} {r.p90_ms:9.2f} "
+            f"{r.p99_ms:9.2f} {r.images_per_s:8.1f}"
         )
     _emit({"model": loaded.name, "environment": env, "latency": [r.to_dict() for r in results]}, json_path)
 
@@ -555,6 +584,11 @@ def demo(
 @click.option("--overwrite", is_flag=True, help="Replace an existing, non-empty --out folder.")
 @alone_option(default="")
 @runtime_option("all")
+@click.option(
+    "--target",
+    type=click.Choice(["cpu", "gpu"]),
+    help="Deployment target: drop the recipe's stages that cannot pay there (cpu: 2:4 sparsity), said in the report.",
+)
 @json_option
 def compress(
     loaded: LoadedModel,
@@ -573,6 +607,7 @@ def compress(
     overwrite: bool,
     alone: tuple[str, ...],
     runtime: str,
+    target: str | None,
     json_path: Path | None,
 ) -> None:
     """Apply a recipe's stages and measure fp32 and each cumulative stage (accuracy, fidelity, ONNX, latency)."""
@@ -594,6 +629,7 @@ def compress(
         device=device,
         alone=alone,
         runtimes=_runtimes(runtime),
+        target=target,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import importlib.util
 import logging
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import vitslim
 from vitslim.calib import build_transform, load_dataset, make_loader
 from vitslim.compress.quant import is_quantized
 from vitslim.errors import UserError
-from vitslim.evaluate.accuracy import Outputs, collect_outputs, fidelity, ort_runner, topk_accuracy, torch_runner
+from vitslim.evaluate.accuracy import Outputs, collect_outputs, fidelity, ort_runner, score, topk_accuracy, torch_runner
 from vitslim.evaluate.device import describe_device, module_device, ort_providers
 from vitslim.evaluate.environment import environment
 from vitslim.evaluate.latency import (
@@ -29,14 +30,28 @@ from vitslim.evaluate.latency import (
     resolve_threads,
     torch_threads,
 )
+from vitslim.evaluate.openvino_runtime import require_openvino
 from vitslim.export.manifest import precision_table
 from vitslim.export.onnx_export import DEFAULT_OPSET, save_onnx, trace_onnx, with_weights
 from vitslim.export.qdq import QDQ_OPSET, export_quantized_onnx
+from vitslim.measure_openvino import measure_openvino, openvino_latency
 from vitslim.models import LoadedModel
 
 log = logging.getLogger(__name__)
-#: runtimes a variant's latency can be measured in
-RUNTIMES = ("pytorch", "onnxruntime")
+#: runtimes a variant can be measured in
+RUNTIMES = ("pytorch", "onnxruntime", "openvino")
+
+
+def resolve_runtimes(runtime: str) -> tuple[str, ...]:
+    """``all``: every runtime of :data:`RUNTIMES` that is installed (OpenVINO is optional); a
+    named runtime: itself, after checking it is installed."""
+    if runtime == "all":
+        return tuple(r for r in RUNTIMES if r != "openvino" or importlib.util.find_spec("openvino") is not None)
+    if runtime not in RUNTIMES:
+        raise UserError(f"unknown runtime {runtime!r} (choose from {', '.join(RUNTIMES)} or all)")
+    if runtime == "openvino":
+        require_openvino()
+    return (runtime,)
 
 
 @dataclass
@@ -69,18 +84,6 @@ def load_eval_data(loaded: LoadedModel, spec: str | None, limit: int | None, see
     dataset = load_dataset(spec, transform=build_transform(loaded.data_config))
     batches = make_loader(dataset, batch_size=batch_size, limit=limit, seed=seed)
     return EvalData(spec, batches, bool(getattr(dataset, "labelled", False)), len(getattr(dataset, "skipped", [])))
-
-
-def score(outputs: Outputs, reference: Outputs | None, classifier: bool) -> dict:
-    """top-1/top-5 (None when unlabelled) and fidelity against ``reference`` (itself when None)."""
-    fid = fidelity((reference or outputs).logits, outputs.logits, classifier=classifier)
-    return {
-        "top1": topk_accuracy(outputs, 1) if classifier else None,
-        "top5": topk_accuracy(outputs, 5) if classifier else None,
-        "agreement": fid.agreement,
-        "cosine": fid.cosine,
-        "kl": fid.kl,
-    }
 
 
 def _scores_text(scores: dict) -> str:
@@ -206,8 +209,9 @@ class MeasureSettings:
     #: where PyTorch runs (the models are moved there by the caller); ONNX Runtime follows it
     #: with its CUDA provider when that is installed
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    #: runtimes whose latency is measured ("pytorch", "onnxruntime")
-    runtimes: tuple[str, ...] = RUNTIMES
+    #: runtimes whose latency is measured ("pytorch", "onnxruntime", "openvino"); with
+    #: "openvino" each variant is also converted to OpenVINO IR and evaluated in it
+    runtimes: tuple[str, ...] = ("pytorch", "onnxruntime")
 
     @property
     def providers(self) -> list:
@@ -265,6 +269,20 @@ def measure_variant(
         100 * parity["top1_agreement"],
         parity["max_abs_diff"],
     )
+    extra: dict[str, Any] = {}
+    if "openvino" in settings.runtimes:
+        start = time.perf_counter()
+        extra["openvino"] = measure_openvino(onnx_path, data.batches, outputs, reference, classifier, threads, progress)
+        ov_agreement = extra["openvino"]["parity"]["top1_agreement"]
+        log.info(
+            "%s: OpenVINO (%s) vs PyTorch: agreement %s; %d of %d compute layers ran int8 (%.1f s)",
+            name,
+            extra["openvino"]["precision"],
+            "n/a (headless)" if ov_agreement is None else f"{100 * ov_agreement:.2f}%",
+            extra["openvino"]["int8"]["int8_layers"],
+            extra["openvino"]["int8"]["compute_layers"],
+            time.perf_counter() - start,
+        )
     latency = []
     if "pytorch" in settings.runtimes:
         latency += bench_torch(model, loaded.input_size, settings.batch_sizes, threads, progress=progress, **timing)
@@ -278,6 +296,11 @@ def measure_variant(
             providers=settings.providers,
             **timing,
         )
+    if "openvino" in settings.runtimes:
+        xml = settings.out_dir / extra["openvino"]["file"]
+        latency += openvino_latency(
+            xml, loaded.input_size, settings.batch_sizes, threads, reference is None, progress=progress, **timing
+        )
     for entry in latency:
         log.info("%s: %s on %s, batch %d: p50 %.2f ms", name, entry.runtime, entry.device, entry.batch, entry.p50_ms)
     variant = {
@@ -287,6 +310,7 @@ def measure_variant(
         **scores,
         "size_bytes": onnx_path.stat().st_size,
         "onnx": {**parity, **export_info},
+        **extra,
         "latency": [entry.to_dict() for entry in latency],
     }
     return variant, outputs

@@ -27,7 +27,7 @@ from vitslim.export.stages import ExportStage, ValidateStage
 from vitslim.export.tensorrt import TensorRTUnavailable, build_tensorrt_engine
 from vitslim.export.validate import failed_path
 from vitslim.files import staged_output_dir
-from vitslim.measure import RUNTIMES, MeasureSettings, load_eval_data, measure_variant, new_report, noise_floor
+from vitslim.measure import MeasureSettings, load_eval_data, measure_variant, new_report, noise_floor
 from vitslim.models import LoadedModel
 from vitslim.recipes import Recipe
 from vitslim.report import write_report
@@ -236,28 +236,53 @@ def _token_note(variant: dict, fp32: dict) -> str:
 
 def validate_export(
     variant: dict, model: torch.nn.Module, outputs: Outputs, settings: MeasureSettings, stage: ValidateStage
-) -> str | None:
-    """Judge a variant's ONNX parity by ``stage`` (measuring the PyTorch noise floor when it is
-    needed); a failing file is renamed ``<name>.failed.onnx`` (the variant's ``onnx.file``
-    follows). Returns why it failed, None when it passed."""
-    onnx = variant["onnx"]
+) -> list[str]:
+    """Judge a variant's ONNX parity (ONNX Runtime) and, when measured, its OpenVINO IR's (run
+    with the f32 hint) by ``stage``, measuring the PyTorch noise floor once when it is needed; a
+    failing file is renamed ``<name>.failed.<suffix>`` (the variant's ``file`` entries follow).
+    Returns why each file failed (empty when all passed)."""
+    checks = [("onnx", variant["onnx"], variant["onnx"])]
+    if "openvino" in variant:
+        checks.append(("openvino", variant["openvino"], variant["openvino"]["parity_f32"]))
     floor = None
-    if stage.needs_noise_floor(onnx):
+    if any(stage.needs_noise_floor(parity) for _, _, parity in checks):
         floor = noise_floor(model, settings.data, outputs, settings.threads, settings.progress)
-    reasons = stage.failures(onnx, None if floor is None else floor["agreement"])
-    onnx["validation"] = {**stage.to_dict(), "passed": not reasons, "reasons": reasons, "noise_floor_measured": floor}
-    if floor is not None:
         log.info("%s: PyTorch noise floor, agreement with itself %.2f%%", variant["name"], 100 * floor["agreement"])
-    log.info(
-        "%s: %s validation %s", variant["name"], onnx["file"], "failed: " + "; ".join(reasons) if reasons else "passed"
-    )
-    if not reasons:
-        return None
-    path = settings.out_dir / onnx["file"]
+    failures = []
+    for runtime, record, parity in checks:
+        reasons = stage.failures(parity, None if floor is None else floor["agreement"])
+        measured = floor if stage.needs_noise_floor(parity) else None
+        record["validation"] = {
+            **stage.to_dict(),
+            "passed": not reasons,
+            "reasons": reasons,
+            "noise_floor_measured": measured,
+        }
+        log.info(
+            "%s: %s validation %s",
+            variant["name"],
+            record["file"],
+            "failed: " + "; ".join(reasons) if reasons else "passed",
+        )
+        if reasons:
+            record["file"] = _quarantine(settings.out_dir, record, runtime)
+            failures.append(
+                f"{variant['name']}: {record['file']} failed validation against PyTorch ({'; '.join(reasons)})"
+            )
+    return failures
+
+
+def _quarantine(out_dir: Path, record: dict, runtime: str) -> str:
+    """Rename a failed export (with an IR's weights file) to ``*.failed.*``; returns the new file name."""
+    path = out_dir / record["file"]
     target = failed_path(path)
     path.replace(target)
-    onnx["file"] = target.name
-    return f"{variant['name']}: {target.name} failed validation against PyTorch ({'; '.join(reasons)})"
+    if runtime == "openvino":
+        weights = out_dir / record["weights_file"]
+        weights_target = failed_path(weights)
+        weights.replace(weights_target)
+        record["weights_file"] = weights_target.name
+    return target.name
 
 
 def build_engine(variant: dict, out_dir: Path, stage: ExportStage, sparse: bool, batch_sizes: Sequence[int]) -> dict:
@@ -298,7 +323,7 @@ def run_recipe(
     graphs: dict[str, Any] = {}  # traced float graphs, by variant: a weight-only stage's export reuses its base's
     fp32, reference = measure_variant(FP32, "uncompressed model", loaded.model, loaded, settings, graphs=graphs)
     fp32.update(token_stats(loaded.model), quantization=None)
-    failures.append(validate_export(fp32, loaded.model, reference, settings, validate))
+    failures += validate_export(fp32, loaded.model, reference, settings, validate)
     variants = [fp32]
     for built in stages:
         model = built.model
@@ -316,9 +341,8 @@ def run_recipe(
             variant["sparsity"] = pattern_check(model, onnx_path, recipe.stages["sparsity"], record)
             if built.stage == "sparsity":
                 variant["sparsity"]["per_layer"] = record["layers"]
-        failures.append(validate_export(variant, model, outputs, settings, validate))
+        failures += validate_export(variant, model, outputs, settings, validate)
         variants.append(variant)
-    failures = [f for f in failures if f]
     report = new_report(loaded, settings, variants, command)
     report["recipe"] = recipe.to_dict()
     reduced = [v for v in variants[1:] if v["tokens_per_layer"] != fp32["tokens_per_layer"]]
@@ -349,8 +373,10 @@ def run_recipe(
 def write_compress_manifest(out_dir: Path, report: dict) -> Path:
     """``manifest.json``: every artifact with its sha256, the recipe, each variant's export
     (format, opset, per-site precision, validation) and the library versions."""
-    artifacts = sorted(p for p in out_dir.iterdir() if p.suffix in (".onnx", ".engine", ".sh"))
-    variants = {v["name"]: v["onnx"] for v in report["variants"]}
+    artifacts = sorted(p for p in out_dir.iterdir() if p.suffix in (".onnx", ".xml", ".bin", ".engine", ".sh"))
+    variants = {
+        v["name"]: {**v["onnx"], **({"openvino": v["openvino"]} if "openvino" in v else {})} for v in report["variants"]
+    }
     return write_manifest(out_dir, artifacts, recipe=report["recipe"], extra={"variants": variants})
 
 
@@ -373,7 +399,8 @@ def compress(
     command: str = "",
     device: str = "cpu",
     alone: Sequence[str] = (),
-    runtimes: Sequence[str] = RUNTIMES,
+    runtimes: Sequence[str] = ("pytorch", "onnxruntime"),
+    target: str | None = None,
 ) -> dict:
     """Run ``recipe`` on ``loaded`` and write report.json, report.md, report.html, manifest.json and
     one ONNX model per variant into ``out`` (``model_<variant>.failed.onnx`` when it failed the
@@ -384,8 +411,14 @@ def compress(
     PyTorch calibrates, evaluates and is timed (``loaded.model`` is moved there); ONNX Runtime
     uses its CUDA provider there when installed. ``alone``: stages (after the recipe's first) also
     applied alone to the uncompressed model and measured (variants ``<stage>-alone``, after fp32).
-    ``runtimes``: whose latency is measured (``pytorch``, ``onnxruntime``). Returns the report dict."""
+    ``runtimes``: whose latency is measured (``pytorch``, ``onnxruntime``, ``openvino``: the latter
+    also writes and evaluates every variant as OpenVINO IR). ``target`` (``cpu``, ``gpu``): drop the
+    recipe's stages that cannot pay there (:meth:`Recipe.for_target`), said in the report. Returns
+    the report dict."""
     torch_device = resolve_device(device)
+    dropped: dict[str, str] = {}
+    if target is not None:
+        recipe, dropped = recipe.for_target(target)
     with staged_output_dir(out, overwrite=overwrite) as staging:
         eval_data = load_eval_data(loaded, data, limit, seed, eval_batch_size)
         log.info(
@@ -402,6 +435,9 @@ def compress(
         )
         ctx = StageContext(loaded, calib, seed, progress, eval_batch_size)
         report = run_recipe(loaded, recipe, settings, ctx, command, alone=alone)
+        if target is not None:
+            report["target"] = {"name": target, "dropped_stages": dropped}
+            report["notes"] += [f"Target {target}: stage {stage} dropped: {why}." for stage, why in dropped.items()]
         write_report(staging, report)
         write_compress_manifest(staging, report)
     return report

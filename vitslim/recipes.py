@@ -33,6 +33,13 @@ from vitslim.compress.tokens import TOKEN_REDUCERS, TokenReductionConfig, token_
 from vitslim.errors import UserError
 from vitslim.export.stages import ExportStage, ValidateStage
 
+#: deployment targets a recipe can be trimmed for, and the stages that cannot pay on each (why)
+TARGET_DROPS: dict[str, dict[str, str]] = {
+    "cpu": {
+        "sparsity": "2:4 sparsity brings no speed on a CPU (no CPU runtime has 2:4 sparse kernels) and costs accuracy"
+    },
+    "gpu": {},
+}
 #: every stage a recipe may name, in the order the pipeline applies them
 STAGE_ORDER = ("tokens", "sparsity", "quant", "export", "validate")
 RECIPE_KEYS = ("name", "description", "stages")
@@ -57,6 +64,19 @@ class Recipe:
             "source": self.source,
             "stages": {name: cfg.to_dict() for name, cfg in self.stages.items()},
         }
+
+    def for_target(self, target: str) -> tuple[Recipe, dict[str, str]]:
+        """This recipe without the stages that cannot pay on ``target`` (``cpu`` or ``gpu``, see
+        :data:`TARGET_DROPS`), and the dropped stages with the reason for each."""
+        if target not in TARGET_DROPS:
+            raise UserError(f"unknown target {target!r} (choose from {', '.join(TARGET_DROPS)})")
+        dropped = {stage: why for stage, why in TARGET_DROPS[target].items() if stage in self.stages}
+        if not dropped:
+            return self, {}
+        stages = {stage: cfg for stage, cfg in self.stages.items() if stage not in dropped}
+        if not any(stage in stages for stage in ("tokens", "sparsity", "quant")):
+            raise UserError(f"recipe {self.name} has nothing left for target {target}: {'; '.join(dropped.values())}")
+        return dataclasses.replace(self, stages=stages), dropped
 
 
 # --------------------------------------------------------------------------- built-in recipes

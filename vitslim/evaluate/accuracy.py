@@ -95,3 +95,15 @@ def fidelity(reference: torch.Tensor, outputs: torch.Tensor, classifier: bool = 
     agreement = float((reference.argmax(1) == outputs.argmax(1)).double().mean())
     kl = F.kl_div(F.log_softmax(outputs, 1), F.log_softmax(reference, 1), log_target=True, reduction="batchmean")
     return Fidelity(agreement, cosine, float(kl))
+
+
+def score(outputs: Outputs, reference: Outputs | None, classifier: bool) -> dict:
+    """top-1/top-5 (None when unlabelled) and fidelity against ``reference`` (itself when None)."""
+    fid = fidelity((reference or outputs).logits, outputs.logits, classifier=classifier)
+    return {
+        "top1": topk_accuracy(outputs, 1) if classifier else None,
+        "top5": topk_accuracy(outputs, 5) if classifier else None,
+        "agreement": fid.agreement,
+        "cosine": fid.cosine,
+        "kl": fid.kl,
+    }
