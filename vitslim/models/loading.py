@@ -47,6 +47,8 @@ def load_model(
     arch = _check_timm_name(name)
     check_supported_name(arch)
     kwargs = dict(model_args or {})
+    if "num_classes" in kwargs:
+        raise UserError("give the classifier size with --num-classes, not --model-arg num_classes")
     probe_kwargs = kwargs if num_classes is None else {**kwargs, "num_classes": num_classes}
     probe = create(name, pretrained=False, device="meta", **probe_kwargs)  # structure only: no memory, no weights
     check_supported_model(probe, name)
