@@ -36,11 +36,9 @@ def check_one_image(loaded: LoadedModel, images: torch.Tensor, what: str) -> Non
     try:
         with torch.no_grad():
             output = loaded.model(image)
-    except RuntimeError as exc:
-        raise UserError(
-            f"{loaded.name} fails on a {tuple(image.shape[1:])} image of {what} "
-            f"(it takes {loaded.input_size}): {_first_line(exc)}"
-        ) from None
+    except (RuntimeError, AssertionError, ValueError) as exc:  # timm asserts the input size
+        shape = tuple(image.shape[1:])
+        raise UserError(f"{loaded.name} fails on a {shape} image of {what}: {_first_line(exc)}") from None
     if not torch.isfinite(output).all():
         raise UserError(f"{loaded.name} gives NaN or infinite outputs on an image of {what}")
     fidelity(output, output, classifier=loaded.num_classes > 0)  # the scores every variant gets
