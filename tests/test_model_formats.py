@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -70,6 +71,16 @@ def test_openai_clip_visual_tower(tmp_path: Path) -> None:
     loaded = load_model("vit_base_patch32_clip_quickgelu_224", checkpoint=path, model_args=TINY | args)
     assert loaded.num_classes == 24  # the projection's width, read from the converted weights
     assert max_diff(loaded.model, model, (64, 64)) < 1e-5
+
+
+def test_deit3_original_layer_scale_names(tmp_path: Path) -> None:
+    """DeiT-3 releases name layer-scales ``gamma_1``/``gamma_2``: deit's filter renames them."""
+    args = {"img_size": 32, "patch_size": 8}
+    model = source("deit3_small_patch16_224", num_classes=4, **args)
+    path = tmp_path / "deit3.pth"
+    torch.save({re.sub(r"ls(\d)\.gamma", r"gamma_\1", k): v for k, v in model.state_dict().items()}, path)
+    loaded = load_model("deit3_small_patch16_224", checkpoint=path, model_args=TINY | args)
+    assert loaded.num_classes == 4 and max_diff(loaded.model, model, (32, 32)) == 0.0
 
 
 def test_big_vision_npz(tmp_path: Path) -> None:

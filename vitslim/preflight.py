@@ -17,7 +17,6 @@ import torch
 from vitslim.compress.quant import find_sites
 from vitslim.compress.sparsity.selection import select_layers
 from vitslim.errors import UserError
-from vitslim.evaluate.accuracy import fidelity
 from vitslim.models import LoadedModel
 
 if TYPE_CHECKING:
@@ -41,7 +40,6 @@ def check_one_image(loaded: LoadedModel, images: torch.Tensor, what: str) -> Non
         raise UserError(f"{loaded.name} fails on a {shape} image of {what}: {_first_line(exc)}") from None
     if not torch.isfinite(output).all():
         raise UserError(f"{loaded.name} gives NaN or infinite outputs on an image of {what}")
-    fidelity(output, output, classifier=loaded.num_classes > 0)  # the scores every variant gets
 
 
 def preflight(

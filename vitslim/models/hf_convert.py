@@ -198,7 +198,7 @@ def _embeddings(emb: dict[str, torch.Tensor], hf: HFModel, grid: tuple[int, int]
         cls, pos, prefix = cls + pos[:, :1], pos[:, 1:], 0
         out["reg_token"] = emb.pop("register_tokens")
     side = math.isqrt(pos.shape[1] - prefix)
-    if (side, side) != grid:
+    if side * side == pos.shape[1] - prefix and (side, side) != grid:  # a square grid, run at another size
         antialias = hf.model_type == "dinov2_with_registers"  # what each model's own resampling does
         pos = resample_abs_pos_embed(
             pos, list(grid), [side, side], num_prefix_tokens=prefix, interpolation="bicubic", antialias=antialias

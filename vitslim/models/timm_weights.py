@@ -32,9 +32,7 @@ def create(name: str, **kwargs: Any) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)  # random weights are the same on every run
             return timm.create_model(name, **kwargs)
-    except UserError:
-        raise
-    except Exception as exc:
+    except Exception as exc:  # download, config or (after our own fit check) timm load failures
         if kwargs.get("pretrained") and "pretrained_cfg_overlay" not in kwargs:
             raise UserError(
                 f"could not get pretrained weights for {name} ({type(exc).__name__}: {exc}); "
@@ -91,10 +89,13 @@ def _classifier_names(model: nn.Module) -> tuple[str, ...]:
 def load_state_file(
     name: str, path: Path, probe: nn.Module, num_classes: int | None, kwargs: dict[str, Any]
 ) -> nn.Module:
-    """``name`` with the weights of a safetensors/torch file, through timm's own conversion."""
+    """``name`` with the weights of a safetensors/torch file, through timm's own conversion;
+    ``probe`` (the same model on the meta device) gets the checkpoint's classifier size."""
     label = f"checkpoint {path}"
     raw = read_checkpoint(path)
-    converted = checkpoint_filter_fn(dict(raw), probe)  # what timm will load, named as the model names it
+    deit = timm.models.model_entrypoint(name.split(".", 1)[0]).__module__ == "timm.models.deit"
+    # what timm will load, named as the model names it (deit's filter also renames DeiT-3 gamma_*)
+    converted = checkpoint_filter_fn(dict(raw), probe, adapt_layer_scale=deit)
     classifiers = _classifier_names(probe)
     found = head_size(converted, classifiers)
     classes = choose_num_classes(num_classes, found, label)
