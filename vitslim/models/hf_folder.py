@@ -20,9 +20,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from vitslim.errors import UserError
 from vitslim.models.checkpoints import read_checkpoint
 from vitslim.models.hf_convert import HFModel, convert_state_dict, identify, timm_model_args
-from vitslim.models.hf_heads import ClassAndMeanPoolViT
 from vitslim.models.loaded import LoadedModel
-from vitslim.models.support import check_supported_model
 from vitslim.models.timm_weights import RANDOM_INIT_SEED, load_fitting_state
 
 log = logging.getLogger(__name__)
@@ -161,7 +159,6 @@ def load_hf_folder(name: str) -> LoadedModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)
         model = hf.timm_class(**args)
-    check_supported_model(model, str(folder), (ClassAndMeanPoolViT,))
     label = f"Hugging Face {hf.architecture} weights in {folder}"
     load_fitting_state(model, convert_state_dict(state, hf, model.patch_embed.grid_size), label)
     has_pooler = any(k.startswith(("pooler.", f"{hf.model_type}.pooler.")) for k in state)

@@ -36,9 +36,9 @@ def check_supported_name(arch: str) -> None:
         raise UserError(f"{arch} is a {module.rsplit('.', 1)[-1]} model, not a plain ViT: {SUPPORTED}")
 
 
-def unsupported_part(model: nn.Module, model_classes: tuple[type, ...] = ()) -> str | None:
+def unsupported_part(model: nn.Module) -> str | None:
     """What makes ``model`` other than a plain timm ViT, or None when it is one."""
-    if type(model) not in (VisionTransformer, VisionTransformerDistilled, *model_classes):
+    if type(model) not in (VisionTransformer, VisionTransformerDistilled):
         return f"its class is {type(model).__name__}"
     if type(model.patch_embed) is not PatchEmbed:
         return f"its patch embedding is a {type(model.patch_embed).__name__}"
@@ -54,8 +54,8 @@ def unsupported_part(model: nn.Module, model_classes: tuple[type, ...] = ()) -> 
     return None
 
 
-def check_supported_model(model: nn.Module, label: str, model_classes: tuple[type, ...] = ()) -> None:
+def check_supported_model(model: nn.Module, label: str) -> None:
     """Refuse ``model`` (named ``label`` in the message) unless it is a plain timm ViT."""
-    reason = unsupported_part(model, model_classes)
+    reason = unsupported_part(model)
     if reason is not None:
         raise UserError(f"{label} is not a plain ViT ({reason}): {SUPPORTED}")
