@@ -10,7 +10,8 @@ import torch
 
 from vitslim.errors import UserError
 from vitslim.models import load_model
-from vitslim.models.loading import load_fitting_state, read_checkpoint
+from vitslim.models.checkpoints import read_checkpoint
+from vitslim.models.timm_weights import load_fitting_state
 
 TINY = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2}
 

@@ -69,11 +69,17 @@ def _parse_model_args(ctx: click.Context, param: click.Parameter, values: tuple[
 def model_options(command: Callable) -> Callable:
     """Options that choose and load a model; the command receives ``loaded: LoadedModel``."""
 
-    @click.option("--model", "model_name", required=True, help="'demo' (embedded default) or a timm model name.")
+    @click.option(
+        "--model",
+        "model_name",
+        required=True,
+        help="'demo' (embedded default), a timm model name, or a Hugging Face model folder.",
+    )
     @click.option(
         "--checkpoint",
         type=click.Path(dir_okay=False, path_type=Path),
-        help="Weights: .safetensors, or .pth/.pt/.bin (loaded with weights_only=True).",
+        help="Weights of a timm model: .safetensors, .pth/.pt/.bin (loaded with weights_only=True) or a "
+        "big_vision .npz; original DINOv2/CLIP formats load as in timm.",
     )
     @click.option("--num-classes", type=click.IntRange(min=0), help="Classifier size (default: from the checkpoint).")
     @click.option("--random-init", is_flag=True, help="Random weights instead of downloading timm's pretrained ones.")

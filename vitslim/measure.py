@@ -88,6 +88,8 @@ def load_eval_data(loaded: LoadedModel, spec: str | None, limit: int | None, see
 
 def _scores_text(scores: dict) -> str:
     top1 = "" if scores["top1"] is None else f"top-1 {100 * scores['top1']:.2f}%, "
+    if scores["agreement"] is None:  # a headless backbone: features, compared by cosine
+        return f"{top1}cosine with fp32 {scores['cosine']:.4f}"
     return f"{top1}agreement with fp32 {100 * scores['agreement']:.2f}%"
 
 
@@ -263,10 +265,11 @@ def measure_variant(
     )
     onnx_outputs = evaluate_onnx(onnx_path, data, threads, progress, settings.providers)
     parity = onnx_parity(outputs, onnx_outputs, onnx_path, opset, classifier)
+    agreement = parity["top1_agreement"]
     log.info(
-        "%s: ONNX Runtime vs PyTorch: agreement %.2f%%, max abs diff %.3g",
+        "%s: ONNX Runtime vs PyTorch: agreement %s, max abs diff %.3g",
         name,
-        100 * parity["top1_agreement"],
+        "n/a (headless)" if agreement is None else f"{100 * agreement:.2f}%",
         parity["max_abs_diff"],
     )
     extra: dict[str, Any] = {}

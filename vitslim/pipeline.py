@@ -29,6 +29,7 @@ from vitslim.export.validate import failed_path
 from vitslim.files import staged_output_dir
 from vitslim.measure import MeasureSettings, load_eval_data, measure_variant, new_report, noise_floor
 from vitslim.models import LoadedModel
+from vitslim.preflight import preflight
 from vitslim.recipes import Recipe
 from vitslim.report import write_report
 
@@ -434,6 +435,7 @@ def compress(
             eval_data, staging, threads, list(batch_sizes), progress, warmup, runs, torch_device, tuple(runtimes)
         )
         ctx = StageContext(loaded, calib, seed, progress, eval_batch_size)
+        preflight(loaded, recipe, next(iter(eval_data.batches))[0], eval_data.name, ctx)
         report = run_recipe(loaded, recipe, settings, ctx, command, alone=alone)
         if target is not None:
             report["target"] = {"name": target, "dropped_stages": dropped}

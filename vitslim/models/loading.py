@@ -1,42 +1,23 @@
-"""Loading a model: the embedded demo, or any timm model name with an optional checkpoint."""
+"""Loading a model: the embedded demo, a Hugging Face folder, or a timm ViT name with an optional checkpoint."""
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import safetensors
-import safetensors.torch
 import timm
 import timm.data
 import torch
 
 from vitslim.errors import UserError
+from vitslim.models.checkpoints import check_finite
+from vitslim.models.hf_folder import is_hf_folder, load_hf_folder
+from vitslim.models.loaded import LoadedModel
+from vitslim.models.support import check_supported_model, check_supported_name
+from vitslim.models.timm_weights import RANDOM_INIT_SEED, create, load_weights_file
 
 DEMO = "demo"
-RANDOM_INIT_SEED = 0
-CHECKPOINT_WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
-
-
-@dataclass
-class LoadedModel:
-    """A model ready for evaluation, with what is needed to feed and describe it."""
-
-    model: torch.nn.Module
-    name: str
-    source: str
-    data_config: dict[str, Any]
-    num_classes: int
-    class_names: list[str] | None = None
-    default_calib: str | None = None
-    default_data: str | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def input_size(self) -> tuple[int, int, int]:
-        return tuple(self.data_config["input_size"])  # type: ignore[return-value]
 
 
 def load_model(
@@ -46,41 +27,38 @@ def load_model(
     pretrained: bool = True,
     model_args: dict[str, Any] | None = None,
 ) -> LoadedModel:
-    """Load ``name`` ("demo" or a timm model name) in eval mode on the CPU.
+    """Load ``name`` ("demo", a Hugging Face model folder or a timm model name) in eval mode on the CPU.
 
-    With ``checkpoint`` the weights come from that file (.safetensors, or .pth/.pt/.bin read
-    with ``weights_only=True``); ``num_classes`` defaults to the checkpoint's head size. Without
-    a checkpoint, ``pretrained`` downloads timm's weights; otherwise weights are random.
-    ``model_args`` go to ``timm.create_model`` (e.g. ``{"img_size": 384}``).
+    With ``checkpoint`` the weights come from that file (.safetensors, .pth/.pt/.bin read with
+    ``weights_only=True``, or a big_vision .npz), loaded the way timm loads its pretrained files;
+    ``num_classes`` defaults to the checkpoint's head size (0 keeps only the backbone). Without a
+    checkpoint, ``pretrained`` downloads timm's weights; otherwise weights are random.
+    ``model_args`` go to ``timm.create_model`` (e.g. ``{"img_size": 384}``). Models other than
+    plain timm ViTs are refused before anything is read.
     """
     if name == DEMO:
         if checkpoint is not None or num_classes is not None or model_args:
             raise UserError("--checkpoint, --num-classes and --model-arg cannot be used with the demo model")
         return _load_demo()
-    _check_timm_name(name)
-    state = read_checkpoint(checkpoint) if checkpoint is not None else None
-    if num_classes is None and state is not None:
-        num_classes = _head_size(name, state)
+    if is_hf_folder(name):
+        if checkpoint is not None or num_classes is not None or model_args:
+            raise UserError("--checkpoint, --num-classes and --model-arg cannot be used with a Hugging Face folder")
+        return load_hf_folder(name)
+    arch = _check_timm_name(name)
+    check_supported_name(arch)
     kwargs = dict(model_args or {})
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
-    use_pretrained = pretrained and state is None
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_INIT_SEED)  # random weights are the same on every run
-            model = timm.create_model(name, pretrained=use_pretrained, **kwargs)
-    except Exception as exc:  # download or config failures of a user-chosen model
-        if use_pretrained:
-            raise UserError(
-                f"could not get pretrained weights for {name} ({type(exc).__name__}: {exc}); "
-                "pass --checkpoint FILE, or --random-init for random weights"
-            ) from None
-        raise UserError(f"could not create timm model {name}: {exc}") from None
-    if state is not None:
-        load_fitting_state(model, state, str(checkpoint))
+    if "num_classes" in kwargs:
+        raise UserError("give the classifier size with --num-classes, not --model-arg num_classes")
+    probe_kwargs = kwargs if num_classes is None else {**kwargs, "num_classes": num_classes}
+    probe = create(name, pretrained=False, device="meta", **probe_kwargs)  # structure only: no memory, no weights
+    check_supported_model(probe, name)
+    if checkpoint is not None:
+        model = load_weights_file(name, Path(checkpoint), probe, num_classes, kwargs)
         source = f"checkpoint {checkpoint}"
     else:
-        source = "timm pretrained weights" if use_pretrained else f"random initialisation (seed {RANDOM_INIT_SEED})"
+        model = create(name, pretrained=pretrained, **probe_kwargs)
+        source = "timm pretrained weights" if pretrained else f"random initialisation (seed {RANDOM_INIT_SEED})"
+        check_finite(model.state_dict(), source)
     model.eval()
     config = timm.data.resolve_data_config({}, model=model)
     img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
@@ -106,11 +84,11 @@ def _load_demo() -> LoadedModel:
     )
 
 
-def _check_timm_name(name: str) -> None:
-    """Raise a UserError naming close timm models when ``name`` is not one."""
+def _check_timm_name(name: str) -> str:
+    """The architecture of timm model ``name``; a UserError naming close timm models when it is not one."""
     arch = name.split(".", 1)[0]  # "vit_base_patch16_224.augreg_in21k" -> architecture
     if timm.is_model(arch):
-        return
+        return arch
     close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
     hint = (
         f"; did you mean {', '.join(close)}?"
@@ -118,65 +96,6 @@ def _check_timm_name(name: str) -> None:
         else "; `python -c 'import timm; print(timm.list_models(\"vit*\"))'` lists them"
     )
     raise UserError(f"unknown model '{name}': not 'demo' and not a timm model name{hint}")
-
-
-def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from .safetensors, or .pth/.pt/.bin with ``weights_only=True``.
-
-    Common wrappers (``{"model": ...}``, ``{"state_dict": ...}``) and a ``module.`` prefix
-    (DataParallel) are unwrapped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            state: Any = safetensors.torch.load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot read checkpoint {path}: {reason}") from None
-    for key in CHECKPOINT_WRAPPER_KEYS:
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"checkpoint {path} does not hold a state dict of tensors")
-    if all(k.startswith("module.") for k in state):
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-    return state
-
-
-def _head_size(name: str, state: dict[str, torch.Tensor]) -> int:
-    """Classes of the checkpoint's classifier (0 for a headless checkpoint)."""
-    classifier = timm.models.get_pretrained_cfg_value(name.split(".", 1)[0], "classifier") or "head"
-    weight = state.get(f"{classifier}.weight")
-    return int(weight.shape[0]) if weight is not None and weight.ndim == 2 else 0
-
-
-def load_fitting_state(model: torch.nn.Module, state: dict[str, torch.Tensor], label: str) -> None:
-    """Load ``state`` strictly, or raise a UserError naming the keys that do not fit."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(
-        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-        for k in set(own) & set(state)
-        if state[k].shape != own[k].shape
-    )
-    problems = [
-        f"{what} ({len(keys)}): {_preview(keys)}"
-        for what, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes))
-        if keys
-    ]
-    if problems:
-        raise UserError(f"{label} does not fit {type(model).__name__}: " + "; ".join(problems))
-    model.load_state_dict(state, strict=True)
-
-
-def _preview(items: list[str], n: int = 4) -> str:
-    return ", ".join(items[:n]) + (f", ... (+{len(items) - n})" if len(items) > n else "")
 
 
 def _label_names(model: torch.nn.Module) -> list[str] | None:

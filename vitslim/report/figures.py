@@ -42,10 +42,13 @@ def data_label(report: dict) -> str:
 
 
 def _quality(report: dict) -> tuple[str, list[float]]:
-    """top-1 when the data is labelled and the model classifies, else agreement with fp32."""
+    """top-1 when the data is labelled and the model classifies, else agreement with fp32 (cosine
+    similarity for a headless backbone, whose outputs are features)."""
     variants = report["variants"]
     if all(v.get("top1") is not None for v in variants):
         return "top-1 (%)", [100 * v["top1"] for v in variants]
+    if any(v["agreement"] is None for v in variants):
+        return "cosine similarity with fp32", [v["cosine"] for v in variants]
     return "top-1 agreement with fp32 (%)", [100 * v["agreement"] for v in variants]
 
 

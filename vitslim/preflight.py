@@ -1,0 +1,59 @@
+"""Checks that take seconds, run before a compress run spends minutes calibrating.
+
+One image of the evaluation data (and one of the calibration data, when a stage needs it) goes
+through the model: a size the model does not take, unreadable calibration data or weights that
+give NaN fail here. The recipe's layer patterns are resolved against the model's layers and
+quantizer sites, so a sparsity pattern that selects a layer unable to hold 2:4 fails before the
+stages before it have run.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING
+
+import torch
+
+from vitslim.compress.quant import find_sites
+from vitslim.compress.sparsity.selection import select_layers
+from vitslim.errors import UserError
+from vitslim.models import LoadedModel
+
+if TYPE_CHECKING:
+    from vitslim.pipeline import StageContext
+    from vitslim.recipes import Recipe
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_one_image(loaded: LoadedModel, images: torch.Tensor, what: str) -> None:
+    """Run the first of ``images`` through the model: it must take its size and give finite outputs."""
+    image = images[:1].to(next(loaded.model.parameters()).device)
+    try:
+        with torch.no_grad():
+            output = loaded.model(image)
+    except (RuntimeError, AssertionError, ValueError) as exc:  # timm asserts the input size
+        shape = tuple(image.shape[1:])
+        raise UserError(f"{loaded.name} fails on a {shape} image of {what}: {_first_line(exc)}") from None
+    if not torch.isfinite(output).all():
+        raise UserError(f"{loaded.name} gives NaN or infinite outputs on an image of {what}")
+
+
+def preflight(
+    loaded: LoadedModel, recipe: Recipe, eval_images: torch.Tensor, data_name: str, ctx: StageContext
+) -> None:
+    """Seconds-long checks of ``recipe`` on ``loaded`` before any stage runs (see the module docstring);
+    ``ctx`` gives the calibration data. Pattern warnings are left to the stages themselves."""
+    check_one_image(loaded, eval_images, data_name)
+    sparsity, quant = recipe.stages.get("sparsity"), recipe.stages.get("quant")
+    if (sparsity is not None and sparsity.needs_data) or quant is not None:
+        check_one_image(loaded, ctx.calibration(1)[0], "the calibration data")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if sparsity is not None:
+            select_layers(loaded.model, sparsity)
+        if quant is not None:
+            quant.config.resolve(find_sites(loaded.model))
