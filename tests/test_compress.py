@@ -91,9 +91,9 @@ def check_report(report: dict, out: Path) -> None:
                 name: s["bits"] for name, s in sites.items() if s["kind"] == "weight"
             }
             assert plan["sensitivity"] and plan["costs"]["avg_weight_bits"] <= mixed["budget"]["avg_weight_bits"]
-        assert {s["quantizer"] for s in sites.values() if s["kind"] == "post_softmax"} == {
-            cfg["post_softmax"]["quantizer"]
-        }
+        for kind in ("post_softmax", "qk", "v"):  # a kind the preset keeps float has no quantizer at all
+            expected = set() if cfg[kind] is None else {cfg[kind]["quantizer"]}
+            assert {s["quantizer"] for s in sites.values() if s["kind"] == kind} == expected
     assert report["validation_failures"] == []
     assert all(v["onnx"]["validation"]["passed"] for v in report["variants"])
     files = [f"model_{v['name']}.{suffix}" for v in report["variants"] for suffix in ("onnx", "xml", "bin")]

@@ -7,7 +7,9 @@ import platform
 import sys
 from importlib import metadata
 
-PACKAGES = ("vitslim", "torch", "timm", "onnx", "onnxruntime", "onnxscript", "numpy")
+PACKAGES = ("vitslim", "torch", "timm", "onnx", "onnxruntime", "onnxscript", "openvino", "nncf", "numpy")
+#: instruction-set flags that change which int8/bf16 kernels the CPU runtimes pick
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
 def cpu_model() -> str:
@@ -20,6 +22,19 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """The :data:`ISA_FLAGS` this CPU has (from /proc/cpuinfo on Linux; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    present = set(line.split(":", 1)[1].split())
+                    return [flag for flag in ISA_FLAGS if flag in present]
+    except OSError:
+        pass
+    return []
 
 
 def package_versions() -> dict[str, str | None]:
@@ -39,6 +54,7 @@ def environment() -> dict:
 
     return {
         "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "logical_cores": os.cpu_count(),
         "machine": platform.machine(),
         "os": platform.platform(),

@@ -34,7 +34,8 @@ def where_measured(env: dict, device: str = "cpu") -> str:
     in the machine that the run did not use is not named."""
     if device.startswith("cuda"):
         return f"GPU {device}"
-    return f"CPU {env.get('cpu')} ({env.get('logical_cores')} logical cores)"
+    flags = f", {' '.join(env['cpu_flags'])}" if env.get("cpu_flags") else ""
+    return f"CPU {env.get('cpu')} ({env.get('logical_cores')} logical cores{flags})"
 
 
 def report_device(report: dict) -> str:

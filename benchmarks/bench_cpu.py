@@ -1,0 +1,373 @@
+"""The CPU race on the demo model: vitslim's artifacts against what a CPU user would pick instead.
+
+    .venv/bin/python benchmarks/bench_cpu.py --limit 1000 --threads 1,2
+
+Everything runs in this one process, on the same seeded Fashion-MNIST test images:
+
+* ``fp32``: the FP32 export in ONNX Runtime, in OpenVINO with the f32 hint and in OpenVINO's default
+  precision (bf16 for float ops on CPUs with AVX-512 BF16 or AMX);
+* ``nncf-int8``: NNCF post-training INT8 of the FP32 model (``ModelType.TRANSFORMER``, 300
+  calibration images), in OpenVINO (needs ``pip install 'vitslim[bench]'``; skipped, and said so,
+  without it);
+* ``ort-static``: ONNX Runtime's ``quantize_static`` (QDQ, per-channel int8 weights, uint8
+  activations, MinMax) in ONNX Runtime;
+* vitslim: the ``w8a8`` recipe, ToMe r=16 + ``w8a8`` (the earlier best), the ``cpu`` recipe's
+  quantization alone (``w8a8-cpu``) and the whole ``cpu`` recipe, each built by the pipeline as
+  ``vitslim compress`` builds it, in ONNX Runtime (the ONNX file) and OpenVINO (its IR).
+
+Accuracy: top-1 and agreement with FP32 in ONNX Runtime. Our files are also checked against their
+PyTorch models (ONNX Runtime; OpenVINO with the f32 hint), judged as the ``validate`` stage judges
+them. What ran in int8: OpenVINO's runtime graph; ONNX Runtime's integer kernels after its graph
+optimisations. Latency: per thread count and batch size every session is built once, then all are
+timed interleaved (``vitslim.evaluate.interleaved``); p50 and speedups against FP32 in ONNX
+Runtime from the same run.
+
+Writes cpu_demo.{json,md} into --out-dir (default benchmarks/results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import importlib.util
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from bench_export import INTEGER_KERNELS, calibration_batches, ort_quantize_static, ort_quantizer_input
+
+from vitslim.evaluate.accuracy import Outputs, collect_outputs, ort_runner, score
+from vitslim.evaluate.environment import environment
+from vitslim.evaluate.interleaved import summarize, time_interleaved
+from vitslim.evaluate.openvino_runtime import execution_precision, int8_layers, ov_compile, ov_runner
+from vitslim.evaluate.runtimes import ort_runtime_ops, ort_session
+from vitslim.export.openvino_ir import ir_files, save_openvino_ir
+from vitslim.export.stages import ValidateStage
+from vitslim.files import atomic_write_json, atomic_write_text
+from vitslim.measure import EvalData, evaluate_torch, export_variant, load_eval_data, model_summary, noise_floor
+from vitslim.measure_openvino import parity_of
+from vitslim.models import LoadedModel, load_model
+from vitslim.pipeline import StageContext, build_variants
+from vitslim.recipes import load_recipe, parse_recipe
+from vitslim.report.markdown import device_line
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BATCH_SIZES = (1, 16)
+NNCF_IMAGES = 300
+#: the artifact the issue's goals are judged on, fixed before measuring
+OURS_BEST = ("cpu", "openvino")
+#: the earlier best of vitslim on a CPU: ToMe r=16 + the w8a8 recipe's quantization
+TOME16_W8A8 = {"tokens": {"method": "tome", "r": 16}, "quant": {"preset": "w8a8", "images": 32, "gptq": True}}
+
+
+def ours(loaded: LoadedModel, ctx: StageContext) -> list[dict]:
+    """vitslim's variants, built by the pipeline: ``{"name", "description", "model", "seconds"}``."""
+    plans = (
+        ("w8a8", load_recipe("w8a8"), ()),
+        ("tome16-w8a8", parse_recipe({"stages": TOME16_W8A8}, "bench_cpu", "tome16-w8a8"), ()),
+        ("cpu", load_recipe("cpu"), ("quant",)),
+    )
+    rows = []
+    for name, recipe, alone in plans:
+        start = time.perf_counter()
+        built = build_variants(loaded.model, recipe, ctx, alone=alone)
+        seconds = time.perf_counter() - start
+        if alone:
+            rows.append(
+                {"name": "w8a8-cpu", "description": f"{name} recipe's quant stage alone", "model": built[0].model}
+            )
+        rows.append(
+            {
+                "name": name,
+                "description": " + ".join(v.description for v in built[len(alone) :]),
+                "model": built[-1].model,
+            }
+        )
+        rows[-1]["build_seconds"] = seconds
+    return rows
+
+
+def nncf_int8(fp32: Path, loaded: LoadedModel, folder: Path) -> tuple[Path | None, str]:
+    """NNCF's INT8 IR of the FP32 export, or None and why not."""
+    if importlib.util.find_spec("nncf") is None:
+        return None, "nncf is not installed (pip install 'vitslim[bench]')"
+    import nncf
+    import openvino as ov
+
+    images = [b[i : i + 1].numpy() for b in calibration_batches(loaded, NNCF_IMAGES, seed=0) for i in range(b.shape[0])]
+    start = time.perf_counter()
+    model = nncf.quantize(
+        ov.Core().read_model(str(fp32)),
+        nncf.Dataset(images),
+        model_type=nncf.ModelType.TRANSFORMER,
+        subset_size=len(images),
+    )
+    seconds = time.perf_counter() - start
+    path = folder / "nncf-int8.xml"
+    ov.save_model(model, str(path), compress_to_fp16=False)
+    return (
+        path,
+        f"NNCF {nncf.__version__} INT8, ModelType.TRANSFORMER, {len(images)} calibration images, {seconds:.0f} s",
+    )
+
+
+def artifacts(loaded: LoadedModel, data: EvalData, folder: Path, ctx: StageContext) -> tuple[list[dict], list[dict]]:
+    """Every file to run: ``(artifacts, vitslim rows)``; an artifact is one file in one runtime."""
+    fp32, _, _ = export_variant(loaded.model, folder / "fp32.onnx", loaded.input_size)
+    fp32_xml = save_openvino_ir(fp32, folder / "fp32.xml")
+    runs = [
+        {"name": "fp32", "runtime": "onnxruntime", "path": fp32, "description": "FP32 export"},
+        {"name": "fp32", "runtime": "openvino", "precision": "f32", "path": fp32_xml, "description": "FP32 IR"},
+        {"name": "fp32", "runtime": "openvino", "path": fp32_xml, "description": "FP32 IR"},
+    ]
+    nncf_path, nncf_text = nncf_int8(fp32, loaded, folder)
+    if nncf_path is not None:
+        runs.append({"name": "nncf-int8", "runtime": "openvino", "path": nncf_path, "description": nncf_text})
+    calib = calibration_batches(loaded, load_recipe("w8a8").stages["quant"].images, seed=0)
+    static = ort_quantize_static(ort_quantizer_input(fp32), folder / "ort-static.onnx", calib)
+    runs.append(
+        {"name": "ort-static", "runtime": "onnxruntime", "path": static, "description": "ORT quantize_static QDQ"}
+    )
+    rows = ours(loaded, ctx)
+    for row in rows:
+        onnx_path, _, info = export_variant(row["model"], folder / f"{row['name']}.onnx", loaded.input_size)
+        xml = save_openvino_ir(onnx_path, folder / f"{row['name']}.xml")
+        row["export"] = {k: v for k, v in info.items() if k != "precision"}
+        for runtime, path in (("onnxruntime", onnx_path), ("openvino", xml)):
+            runs.append({"name": row["name"], "runtime": runtime, "path": path, "description": row["description"]})
+    if nncf_path is None:
+        runs.append({"name": "nncf-int8", "skipped": nncf_text})
+    return runs, rows
+
+
+def runner(run: dict, threads: int, batch: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """Numpy images -> logits for one artifact (``batch``: compiled for that static batch)."""
+    if run["runtime"] == "onnxruntime":
+        session = ort_session(run["path"], threads=threads)
+        name = session.get_inputs()[0].name
+        return lambda x: session.run(None, {name: x})[0]
+    compiled = ov_compile(run["path"], threads, run.get("precision", "default"), batch=batch)
+    request = compiled.create_infer_request()
+    return lambda x: request.infer({0: x})[compiled.output(0)]
+
+
+def evaluate(run: dict, data: EvalData, threads: int) -> Outputs:
+    if run["runtime"] == "onnxruntime":
+        return collect_outputs(ort_runner(str(run["path"]), threads), data.batches, progress=False)
+    return collect_outputs(
+        ov_runner(run["path"], threads, run.get("precision", "default")), data.batches, progress=False
+    )
+
+
+def int8_summary(run: dict, threads: int) -> dict[str, Any]:
+    """What ran in int8: OpenVINO's runtime graph, or ONNX Runtime's integer kernels."""
+    if run["runtime"] == "openvino":
+        compiled = ov_compile(run["path"], threads, run.get("precision", "default"), batch=1)
+        return {"precision": execution_precision(compiled), **int8_layers(compiled)}
+    ops = ort_runtime_ops(run["path"], threads)
+    return {"precision": "fp32", "integer_kernels": {k: v for k, v in ops.items() if k in INTEGER_KERNELS}}
+
+
+def check_parity(row: dict, runs: list[dict], outputs: dict, data: EvalData, threads: int) -> dict[str, Any]:
+    """Our exports against their PyTorch model: ONNX Runtime as it runs, OpenVINO with the f32 hint,
+    judged by the default ``validate`` stage (PyTorch's noise floor measured when needed)."""
+    model = row["model"]
+    reference = evaluate_torch(model, data, threads, progress=False)
+    ov_run = next(r for r in runs if r["name"] == row["name"] and r["runtime"] == "openvino")
+    exact = evaluate({**ov_run, "precision": "f32"}, data, threads)
+    checks = {
+        "onnxruntime": parity_of(reference, outputs[(row["name"], "onnxruntime", "default")], True),
+        "openvino_f32": parity_of(reference, exact, True),
+    }
+    stage = ValidateStage()
+    floor = None
+    if any(stage.needs_noise_floor(c) for c in checks.values()):
+        floor = noise_floor(model, data, reference, threads, progress=False)["agreement"]
+    for check in checks.values():
+        check["failures"] = stage.failures(check, floor)
+        check["noise_floor"] = floor
+    return checks
+
+
+def time_all(runs: list[dict], threads: int, batch: int, args: argparse.Namespace, size: tuple) -> dict[str, dict]:
+    """Interleaved latency of every artifact at one thread count and batch size."""
+    x = np.random.default_rng(0).standard_normal((batch, *size), dtype=np.float32)
+    calls = {key(run): functools.partial(runner(run, threads, batch), x) for run in runs if "path" in run}
+    times = time_interleaved(calls, rounds=args.rounds, calls=args.calls if batch == 1 else 1, progress=False)
+    return {name: summarize(t) for name, t in times.items()}
+
+
+def key(run: dict) -> str:
+    return f"{run['name']}|{run['runtime']}|{run.get('precision', 'default')}"
+
+
+def run_benchmark(loaded: LoadedModel, data: EvalData, args: argparse.Namespace) -> dict[str, Any]:
+    ctx = StageContext(loaded, None, 0, False, 32)
+    with tempfile.TemporaryDirectory() as tmp:
+        runs, rows = artifacts(loaded, data, Path(tmp), ctx)
+        present = [r for r in runs if "path" in r]
+        outputs = {}
+        for run in present:
+            outputs[(run["name"], run["runtime"], run.get("precision", "default"))] = evaluate(
+                run, data, args.eval_threads
+            )
+        reference = outputs[("fp32", "onnxruntime", "default")]
+        for run in present:
+            run.update(score(outputs[(run["name"], run["runtime"], run.get("precision", "default"))], reference, True))
+            run["int8"] = int8_summary(run, args.eval_threads)
+            files = ir_files(run["path"]) if run["runtime"] == "openvino" else (run["path"],)
+            run["size_bytes"] = sum(f.stat().st_size for f in files)
+        for row in rows:
+            row["parity"] = check_parity(row, runs, outputs, data, args.eval_threads)
+        latency = {}
+        for threads in args.threads:
+            for batch in BATCH_SIZES:
+                latency[f"{threads}|{batch}"] = time_all(present, threads, batch, args, loaded.input_size)
+        for run in present:
+            run["path"] = run["path"].name
+    return {
+        "artifacts": runs,
+        "vitslim": [{k: v for k, v in row.items() if k != "model"} for row in rows],
+        "latency": latency,
+    }
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def _int8_text(int8: dict) -> str:
+    if "layers" in int8:
+        parts = [f"{kind} {c.get('int8', 0)}/{sum(c.values())}" for kind, c in int8["layers"].items()]
+        return f"{int8['int8_layers']}/{int8['compute_layers']} ({', '.join(parts)})"
+    kernels = ", ".join(f"{k}×{v}" for k, v in int8["integer_kernels"].items())
+    return kernels or "none"
+
+
+def verdict(result: dict) -> list[str]:
+    """The issue's goals, computed from this run's figures (not asserted)."""
+    runs = {key(r): r for r in result["artifacts"] if "path" in r}
+    best = runs.get(f"{OURS_BEST[0]}|{OURS_BEST[1]}|default")
+    nncf = runs.get("nncf-int8|openvino|default")
+    base = runs["fp32|onnxruntime|default"]
+    lines = []
+    for threads_batch, table in result["latency"].items():
+        threads, batch = threads_batch.split("|")
+        ours_ms = table[key(best)]["p50_ms"]
+        text = f"{threads} thread(s), batch {batch}: `{OURS_BEST[0]}` in OpenVINO {ours_ms:.1f} ms, "
+        text += f"{table[key(base)]['p50_ms'] / ours_ms:.2f}x fp32 ONNX Runtime"
+        if nncf is not None:
+            text += f", {table[key(nncf)]['p50_ms'] / ours_ms:.2f}x NNCF INT8 in OpenVINO"
+        lines.append(text)
+    top1 = f"top-1 {_pct(best['top1'])} (fp32 ONNX Runtime {_pct(base['top1'])}"
+    top1 += "" if nncf is None else f", NNCF INT8 {_pct(nncf['top1'])}"
+    return [top1 + ")", *lines]
+
+
+def render_markdown(result: dict) -> str:
+    env, data, bench = result["environment"], result["data"], result["benchmark"]
+    lines = [
+        f"# CPU deployment race on the demo model ({result['model']['name']})",
+        "",
+        f"- **Command**: `{result['command']}`",
+        f"- **Machine**: {device_line(env)}",
+        f"- **Data**: {data['name']}, {data['samples']} samples (seed 0), each file evaluated in the runtime that "
+        "runs it",
+        f"- **Latency**: random inputs; per thread count and batch size all sessions built, then timed interleaved "
+        f"({bench['rounds']} rounds, {bench['calls']} calls per round at batch 1, 1 at batch 16, after "
+        f"{bench['warmup']} warm-up calls); p50; speedup = fp32 ONNX Runtime p50 / p50, same run",
+        f"- **Created**: {result['created']}",
+        "",
+        "| variant | runtime | precision | what it is | top-1 | Δ pt vs fp32 | agreement vs fp32 | size MB "
+        "| ran in int8 |",
+        "|" + "---|" * 9,
+    ]
+    base = next(r for r in result["artifacts"] if key(r) == "fp32|onnxruntime|default")
+    for run in result["artifacts"]:
+        if "path" not in run:
+            lines.append(f"| {run['name']} | — | — | skipped: {run['skipped']} | | | | | |")
+            continue
+        lines.append(
+            f"| {run['name']} | {run['runtime']} | {run['int8']['precision']} | {run['description']} | "
+            f"{_pct(run['top1'])} | {100 * (run['top1'] - base['top1']):+.2f} | {_pct(run['agreement'])} | "
+            f"{run['size_bytes'] / 1e6:.1f} | {_int8_text(run['int8'])} |"
+        )
+    settings = list(result["latency"])
+    lines += ["", "p50 ms (speedup vs fp32 ONNX Runtime), threads × batch:", ""]
+    lines += [
+        "| variant | runtime | precision | " + " | ".join(f"{s.replace('|', ' thr, b')}" for s in settings) + " |"
+    ]
+    lines += ["|" + "---|" * (3 + len(settings))]
+    for run in (r for r in result["artifacts"] if "path" in r):
+        cells = []
+        for setting in settings:
+            table = result["latency"][setting]
+            p50 = table[key(run)]["p50_ms"]
+            cells.append(f"{p50:.1f} ({table[key(base)]['p50_ms'] / p50:.2f}x)")
+        lines.append(f"| {run['name']} | {run['runtime']} | {run['int8']['precision']} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Our exports against their PyTorch models (validate stage: 99% agreement, or not significantly under "
+        "PyTorch's own noise floor):",
+        "",
+    ]
+    for row in result["vitslim"]:
+        for runtime, check in row["parity"].items():
+            verdict_text = "passed" if not check["failures"] else "FAILED: " + "; ".join(check["failures"])
+            floor = "" if check["noise_floor"] is None else f", noise floor {_pct(check['noise_floor'])}"
+            lines.append(
+                f"- {row['name']} in {runtime}: agreement {_pct(check['top1_agreement'])}, max abs diff "
+                f"{check['max_abs_diff']:.3g}{floor}: {verdict_text}"
+            )
+    lines += ["", f"The issue's goals, for `{OURS_BEST[0]}` in OpenVINO (chosen before measuring):", ""]
+    lines += [f"- {line}" for line in verdict(result)]
+    return "\n".join(lines) + "\n"
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, default=1000, help="Fashion-MNIST test images (seeded sample)")
+    parser.add_argument("--threads", type=_ints, default=[1, 2], help="thread counts to time, e.g. 1,2")
+    parser.add_argument("--eval-threads", type=int, default=2, help="threads for evaluation")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
+    parser.add_argument("--calls", type=int, default=5, help="timed calls per round at batch 1")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    loaded = load_model("demo")
+    data = load_eval_data(loaded, None, args.limit, seed=0, batch_size=16)
+    result = {
+        "command": "python benchmarks/bench_cpu.py " + " ".join(sys.argv[1:]),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": model_summary(loaded),
+        "data": data.describe(),
+        "environment": environment(),
+        "benchmark": {
+            "threads": args.threads,
+            "batch_sizes": list(BATCH_SIZES),
+            "rounds": args.rounds,
+            "calls": args.calls,
+            "warmup": 2,
+            "inputs": "random normal",
+        },
+    }
+    result.update(run_benchmark(loaded, data, args))
+    markdown = render_markdown(result)
+    atomic_write_json(args.out_dir / "cpu_demo.json", result)
+    atomic_write_text(args.out_dir / "cpu_demo.md", markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
