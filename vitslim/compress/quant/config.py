@@ -10,13 +10,13 @@ True
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import fnmatch
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from vitslim.config import check_choice, check_flag, check_keys, suggest
 from vitslim.errors import UserError
 
 from .base import UnsignedQuantizer
@@ -24,7 +24,7 @@ from .registry import create_quantizer, get_quantizer_class
 from .sites import SITE_KINDS, Site
 from .uniform import UniformQuantizer
 
-__all__ = ["SiteSpec", "QuantConfig", "LN_TARGETS", "PRESETS", "kind_options", "suggest"]
+__all__ = ["SiteSpec", "QuantConfig", "LN_TARGETS", "PRESETS", "kind_options"]
 
 #: Target statistics of the post-LayerNorm reparameterisation (see ``reparam.py``).
 LN_TARGETS = ("mean", "median", "mad")
@@ -33,21 +33,6 @@ WEIGHT_OPTIONS = {"symmetric": True, "channel_axis": 0}
 #: Kinds whose values are non-negative (after the GELU shift): the only ones unsigned
 #: quantizers (log2, logsqrt2, adalog, tanq, twin_uniform) may be placed on.
 UNSIGNED_KINDS = ("post_softmax", "post_gelu")
-
-
-def suggest(word: str, choices: Iterable[str]) -> str:
-    """A "did you mean" hint naming the closest ``choices`` (empty when none is close)."""
-    close = difflib.get_close_matches(str(word), list(choices), n=3, cutoff=0.5)
-    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-
-
-def _check_keys(data: Mapping[str, Any], allowed: Iterable[str], where: str) -> None:
-    if not isinstance(data, Mapping):
-        raise UserError(f"{where} must be a mapping, got {type(data).__name__}")
-    allowed = list(allowed)
-    for key in data:
-        if key not in allowed:
-            raise UserError(f"unknown key {key!r} in {where}{suggest(key, allowed)} (allowed: {', '.join(allowed)})")
 
 
 def kind_options(kind: str, spec: SiteSpec) -> dict[str, Any]:
@@ -90,7 +75,7 @@ class SiteSpec:
         """``{"quantizer": name, "bits": b, "options": {...}}``; ``None`` keeps the sites float."""
         if data is None:
             return None
-        _check_keys(data, ("quantizer", "bits", "options"), where)
+        check_keys(data, ("quantizer", "bits", "options"), where)
         if "quantizer" not in data or "bits" not in data:
             raise UserError(f"{where} needs 'quantizer' and 'bits'")
         return cls(data["quantizer"], data["bits"], data.get("options") or {})
@@ -143,22 +128,13 @@ class QuantConfig:
                 raise UserError(f"override {pattern!r} must map a string pattern to a SiteSpec or None")
         object.__setattr__(self, "overrides", dict(self.overrides))
         if self.ln_reparam is not None:
-            if self.ln_reparam not in LN_TARGETS:
-                raise UserError(
-                    f"unknown ln_reparam target {self.ln_reparam!r}{suggest(self.ln_reparam, LN_TARGETS)} "
-                    f"(choose from {', '.join(LN_TARGETS)} or None)"
-                )
+            check_choice("ln_reparam target", self.ln_reparam, LN_TARGETS)
             if self.post_ln is None or not issubclass(get_quantizer_class(self.post_ln.quantizer), UniformQuantizer):
                 raise UserError("ln_reparam needs a uniform post_ln quantizer (it makes its ranges per-tensor)")
         if self.attn_reparam is not None:
-            if self.attn_reparam not in LN_TARGETS:
-                raise UserError(
-                    f"unknown attn_reparam target {self.attn_reparam!r}{suggest(self.attn_reparam, LN_TARGETS)} "
-                    f"(choose from {', '.join(LN_TARGETS)} or None)"
-                )
+            check_choice("attn_reparam target", self.attn_reparam, LN_TARGETS)
         for flag in ("gelu_shift", "qk_rotation"):
-            if not isinstance(getattr(self, flag), bool):
-                raise UserError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
+            check_flag(getattr(self, flag), flag)
 
     # ------------------------------------------------------------------ resolving
     def spec_for(self, site: Site) -> SiteSpec | None:
@@ -215,11 +191,7 @@ class QuantConfig:
     @classmethod
     def preset(cls, name: str) -> QuantConfig:
         """A named preset: one of :data:`PRESETS`."""
-        if name not in PRESETS:
-            raise UserError(
-                f"unknown quantization preset {name!r}{suggest(name, PRESETS)} (available: {', '.join(PRESETS)})"
-            )
-        return PRESETS[name]()
+        return PRESETS[check_choice("quantization preset", name, PRESETS)]()
 
     # ------------------------------------------------------------------ plain data
     def to_dict(self) -> dict[str, Any]:
@@ -235,7 +207,7 @@ class QuantConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> QuantConfig:
         """Inverse of :meth:`to_dict`; missing kinds keep their defaults, unknown keys are errors."""
         names = [f.name for f in dataclasses.fields(cls)]
-        _check_keys(data, names, "quantization config")
+        check_keys(data, names, "quantization config")
         kw: dict[str, Any] = {k: SiteSpec.from_dict(data[k], f"'{k}'") for k in SITE_KINDS if k in data}
         if "overrides" in data:
             overrides = data["overrides"] or {}

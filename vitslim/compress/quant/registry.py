@@ -8,12 +8,11 @@
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from vitslim.errors import UserError
+from vitslim.config import check_choice
 
 from .base import Quantizer
 
@@ -60,13 +59,7 @@ def is_quantizer(name: str) -> bool:
 def get_quantizer_class(name: str) -> type[Quantizer]:
     """The class registered under ``name``; :class:`~vitslim.errors.UserError` naming the
     closest matches when it is unknown."""
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        pass
-    close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3, cutoff=0.5)
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise UserError(f"unknown quantizer {name!r}{hint} (available: {', '.join(list_quantizers())})")
+    return _REGISTRY[check_choice("quantizer", name, list_quantizers())]
 
 
 def create_quantizer(name: str, bits: int = 8, **options: Any) -> Quantizer:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vitslim.compress.quant.config import suggest
+from vitslim.config import check_flag, check_keys
 from vitslim.errors import UserError
 
 from .methods import get_sparsity_method
@@ -78,13 +78,16 @@ class SparsityConfig:
         if self.block_size % GROUP:
             raise UserError(f"sparsity 'block_size' must be a multiple of {GROUP}, got {self.block_size}")
         _integer(self.samples, "samples", 1)
-        if not isinstance(self.sequential, bool):
-            raise UserError(f"sparsity 'sequential' must be true or false, got {self.sequential!r}")
+        check_flag(self.sequential, "sparsity 'sequential'")
 
     @property
     def needs_data(self) -> bool:
         """Whether the method needs calibration images."""
         return get_sparsity_method(self.method).needs_data
+
+    def describe(self) -> str:
+        """A short human description, e.g. ``2:4 sparsegpt``."""
+        return f"2:4 {self.method}"
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -94,12 +97,4 @@ class SparsityConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SparsityConfig:
         """Inverse of :meth:`to_dict`; missing keys keep their defaults, unknown keys are errors."""
-        if not isinstance(data, Mapping):
-            raise UserError(f"sparsity config must be a mapping, got {type(data).__name__}")
-        allowed = [f.name for f in dataclasses.fields(cls)]
-        for key in data:
-            if key not in allowed:
-                raise UserError(
-                    f"unknown key {key!r} in sparsity config{suggest(key, allowed)} (allowed: {', '.join(allowed)})"
-                )
-        return cls(**data)
+        return cls(**check_keys(data, [f.name for f in dataclasses.fields(cls)]))

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from vitslim.compress.quant.config import suggest
-from vitslim.errors import UserError
+from vitslim.config import check_choice
 
 from .pattern import mask_24
 from .sparsegpt import sparsegpt_24
@@ -52,9 +51,7 @@ def register_sparsity_method(name: str, needs_data: bool) -> Callable[[PruneFn],
 
 def get_sparsity_method(name: str) -> SparsityMethod:
     """The method called ``name`` (:class:`UserError` with suggestions when unknown)."""
-    if name not in _METHODS:
-        raise UserError(f"unknown sparsity method {name!r}{suggest(name, _METHODS)} (available: {', '.join(_METHODS)})")
-    return _METHODS[name]
+    return _METHODS[check_choice("sparsity method", name, _METHODS)]
 
 
 def list_sparsity_methods(pattern: str = "*") -> list[str]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from vitslim.compress.quant.config import suggest
+from vitslim.config import suggest
 from vitslim.errors import UserError
 
 from .config import DEFAULT_INCLUDE, SparsityConfig
