@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from vitslim.calib import build_transform, load_dataset, make_loader
-from vitslim.compress.mixed import plan_mixed_precision
-from vitslim.compress.mixed.search import images_and_labels
 from vitslim.compress.quant import QuantConfig, quantize_
+from vitslim.compress.quant.mixed import plan_mixed_precision
+from vitslim.compress.quant.mixed.search import images_and_labels
 from vitslim.evaluate.environment import environment
 from vitslim.evaluate.latency import resolve_threads
 from vitslim.files import atomic_write_json, atomic_write_text

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from vitslim.calib import build_transform, load_dataset, make_loader
-from vitslim.compress.mixed import (
+from vitslim.compress.quant import QuantConfig, quantize_
+from vitslim.compress.quant.mixed import (
     MixedPrecisionConfig,
     build_path,
     measure_sensitivity,
@@ -33,9 +34,8 @@ from vitslim.compress.mixed import (
     plan_mixed_precision,
     plot_pareto,
 )
-from vitslim.compress.mixed.search import images_and_labels
-from vitslim.compress.quant import QuantConfig, quantize_
-from vitslim.compress.quant.calibration import SEARCHES
+from vitslim.compress.quant.mixed.search import images_and_labels
+from vitslim.compress.quant.search import SEARCHES
 from vitslim.evaluate.environment import environment
 from vitslim.evaluate.latency import resolve_threads
 from vitslim.files import atomic_write_json, atomic_write_text

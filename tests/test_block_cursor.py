@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-import vitslim.compress.block_cursor as block_cursor
+import vitslim.compress.calibration.block_cursor as block_cursor
 from tests.helpers import images, meaningful_vit, uniform_cfg
-from vitslim.compress.block_cursor import chained_blocks
+from vitslim.compress.calibration.block_cursor import chained_blocks
 from vitslim.compress.quant import quantize_
 from vitslim.compress.quant.gptq import gptq_
 from vitslim.compress.sparsity import SparsityConfig, sparsify_

@@ -20,14 +20,8 @@ from vitslim.compress.quant.placement import point_owner
 from vitslim.compress.tokens import TokenMergeConfig, apply_token_reduction
 from vitslim.evaluate.runtimes import ort_runtime_ops, ort_session
 from vitslim.export.onnx_export import export_onnx
-from vitslim.export.qdq import (
-    CODES_SUFFIX,
-    ExportAffine,
-    ExportStepFunction,
-    ExportTwinUniform,
-    export_quantized_onnx,
-    step_tables,
-)
+from vitslim.export.qdq import CODES_SUFFIX, export_quantized_onnx
+from vitslim.export.qdq_modules import ExportAffine, ExportStepFunction, ExportTwinUniform, step_tables
 from vitslim.export.validate import ExportValidationError, validate_onnx
 
 INPUT = (3, 32, 32)

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import images, meaningful_vit, uniform_cfg
-from vitslim.compress.mixed import (
+from vitslim.compress.quant import QuantConfig, Site, SiteSpec, quant_points, quantize_
+from vitslim.compress.quant.mixed import (
     BitPlan,
     Budget,
     Costs,
@@ -21,15 +22,15 @@ from vitslim.compress.mixed import (
     greedy_path,
     ladders_for,
     measure_sensitivity,
+    mixed_precision_summary,
     pareto_sweep,
     plan_mixed_precision,
     plot_pareto,
 )
-from vitslim.compress.mixed import sensitivity as sens_mod
-from vitslim.compress.quant import QuantConfig, Site, SiteSpec, quant_points, quantize_
+from vitslim.compress.quant.mixed import float_run as float_run_mod
+from vitslim.compress.quant.mixed import sensitivity as sens_mod
 from vitslim.compress.tokens import TokenMergeConfig, TokenPruneConfig, apply_token_reduction
 from vitslim.errors import UserError
-from vitslim.pipeline import mixed_precision_summary
 from vitslim.report.markdown import estimated_bits
 
 BASE = uniform_cfg(8, 8)
@@ -181,10 +182,10 @@ def test_suffix_recompute_matches_the_full_forward(tokens):
         apply_token_reduction(model, tokens)
     x = images(4)
     layers = list(sens_mod.planned_layers(model, BASE))
-    run = sens_mod._float_run(model, x, layers, seed=0)
+    run = float_run_mod.float_run(model, x, layers, seed=0)
     with torch.no_grad():
         for stage in (-1, 0, 1, 2):
-            torch.testing.assert_close(sens_mod._logits_from(model, run, stage), run.logits)
+            torch.testing.assert_close(float_run_mod.logits_from(model, run, stage), run.logits)
 
 
 def test_sensitivities_measured_interpolated_and_fisher():
@@ -216,7 +217,7 @@ def test_sensitivity_cache_hit_avoids_recomputation(tmp_path, monkeypatch):
     def boom(*_a, **_k):
         raise AssertionError("recomputed")
 
-    monkeypatch.setattr(sens_mod, "_float_run", boom)
+    monkeypatch.setattr(sens_mod, "float_run", boom)
     again = measure_sensitivity(model, BASE, x, measure_bits=(4,), cache_dir=tmp_path, progress=False)
     assert again.meta["cache"] == "hit" and again.weight == first.weight and again.layers == first.layers
     with torch.no_grad():

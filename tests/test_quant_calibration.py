@@ -10,8 +10,10 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from tests.helpers import cosine, images, meaningful_vit, run, uniform_cfg
+from vitslim.compress.calibration.batches import calibration_batches
 from vitslim.compress.quant import QuantConfig, SiteSpec, quant_points, quantization_info, quantize_
-from vitslim.compress.quant.calibration import _progressive, calibration_batches, collect_rows
+from vitslim.compress.quant.samplers import collect_rows
+from vitslim.compress.quant.search import _progressive
 from vitslim.errors import UserError
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.helpers import images, meaningful_vit, run, stored_weight, uniform_cfg
-from vitslim.compress.hessian import relative_output_error
+from vitslim.compress.calibration.hessian import relative_output_error
 from vitslim.compress.quant import create_quantizer, quant_points, quantization_info, quantize_
 from vitslim.compress.quant.gptq import gptq_round
 from vitslim.compress.quant.placement import point_owner

@@ -14,7 +14,7 @@ from hypothesis.extra.numpy import arrays
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.helpers import images, meaningful_vit, run, tiny_vit, uniform_cfg
-from vitslim.compress.hessian import relative_output_error
+from vitslim.compress.calibration.hessian import relative_output_error
 from vitslim.compress.quant import QuantConfig, quantize_
 from vitslim.compress.sparsity import (
     SparsityConfig,

@@ -10,25 +10,22 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from vitslim.compress.calibration.batches import calibration_batches
+from vitslim.config import check_choice
 from vitslim.errors import UserError
 
 from .bias_correction import bias_correct_, reference_means
-from .calibration import OBJECTIVES, SEARCHES, calibrate_model, calibration_batches
-from .config import QuantConfig, suggest
+from .calibration import calibrate_model
+from .config import QuantConfig
 from .gptq import gptq_
 from .placement import INFO, apply_quantization, is_quantized
 from .reparam import fold_gelu_shift, reparameterize_attentions, reparameterize_layernorms, rotate_qk
+from .search import OBJECTIVES, SEARCHES
 from .sites import find_sites, layernorm_consumers
 
 __all__ = ["quantize_"]
 
 log = logging.getLogger(__name__)
-
-
-def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    """A UserError naming the closest of ``choices`` when ``value`` is not one of them."""
-    if value not in choices:
-        raise UserError(f"unknown {name} {value!r}{suggest(value, choices)} (choose from {', '.join(choices)})")
 
 
 def fold_reparameterisations(
@@ -128,13 +125,7 @@ def quantize_(
     finally:
         model.train(was_training)
     images = sum(b.shape[0] for b in batches)
-    log.info(
-        "quantized %d sites, %s search on %d images (%.1f s)", len(errors), search, images, time.perf_counter() - start
-    )
-    if rounding is not None:
-        log.info(_gptq_text(rounding))
-    if corrected is not None:
-        log.info("bias-corrected %d layers (mean absolute bias change %.2e)", len(corrected), _mean(corrected.values()))
+    _log_result(errors, search, images, time.perf_counter() - start, rounding, corrected)
     model.__dict__[INFO] = {
         "config": cfg.to_dict(),
         "search": search,
@@ -147,6 +138,16 @@ def quantize_(
         "bias_correction": corrected,
     }
     return model
+
+
+def _log_result(
+    errors: dict, search: str, images: int, seconds: float, rounding: dict | None, corrected: dict | None
+) -> None:
+    log.info("quantized %d sites, %s search on %d images (%.1f s)", len(errors), search, images, seconds)
+    if rounding is not None:
+        log.info(_gptq_text(rounding))
+    if corrected is not None:
+        log.info("bias-corrected %d layers (mean absolute bias change %.2e)", len(corrected), _mean(corrected.values()))
 
 
 def _mean(values: Iterable[float]) -> float:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from vitslim.compress.block_cursor import BlockRunner
+from vitslim.compress.calibration.block_cursor import BlockRunner
 from vitslim.errors import UserError
 
 from .placement import quantization_disabled

@@ -3,12 +3,12 @@
 Round-to-nearest makes each weight's error independent of the layer's inputs. GPTQ rounds the
 columns of ``W`` one at a time with the weight quantizer's own (already calibrated) grid and
 spreads each column's rounding error over the columns not yet rounded, weighted by the inverse
-of the layer-input Hessian ``H = XᵀX`` (:func:`~vitslim.compress.hessian.obs_sweep`), which
+of the layer-input Hessian ``H = XᵀX`` (:func:`~vitslim.compress.calibration.hessian.obs_sweep`), which
 minimises ``‖(Ŵ - W) X‖`` far better on correlated inputs. Columns go in "act-order" (largest
 input energy ``H_jj`` first: 9% lower mean relative output error than left to right on the demo
 model at 6 bits). ``X`` is what the matmul sees in the quantized model (after the input
 quantizer): from one pass for all layers, or, ``sequential``, block by block with earlier blocks
-already rounded (GPTQ's scheme; about two passes' time, see :mod:`vitslim.compress.block_cursor`).
+already rounded (GPTQ's scheme; about two passes' time, see :mod:`vitslim.compress.calibration.block_cursor`).
 
 The rounded weights lie on the quantizer's grid, so the fake quantizer, the Q/DQ export and the
 saved model all reproduce them exactly. Zero weights stay zero (2:4 sparsity survives).
@@ -24,8 +24,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from vitslim.compress.block_cursor import BlockCursor
-from vitslim.compress.hessian import calibration_stages, collect_hessians, obs_sweep, relative_output_error
+from vitslim.compress.calibration.block_cursor import BlockCursor
+from vitslim.compress.calibration.hessian import calibration_stages, collect_hessians, obs_sweep, relative_output_error
 
 from .base import Quantizer
 

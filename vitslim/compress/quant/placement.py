@@ -8,7 +8,7 @@ quantizer parameters:
   module's class is swapped for a generated subclass (``isinstance`` still holds) whose
   forward fake-quantizes the input and the weight before ``F.linear`` / the convolution;
 * attention: ``attn.q_quant``, ``k_quant``, ``softmax_quant``, ``v_quant``, used by
-  :func:`~vitslim.compress.quant.attention.explicit_attention` (the attention class is swapped
+  :func:`~vitslim.compress.vit.attention.explicit_attention` (the attention class is swapped
   for one running it; timm's own forward runs while no point is enabled).
 
 With every point disabled (:func:`quantization_disabled`) the forwards compute exactly what
@@ -21,17 +21,26 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import sys
 from collections.abc import Iterator, Mapping
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vitslim.compress.vit.attention import (
+    ATTENTION_POINTS,
+    TAP,
+    attention_gate,
+    attention_operands,
+    attention_output,
+    explicit_attention,
+    uses_explicit_attention,
+)
+from vitslim.compress.vit.patching import QUANT_PATCH, beneath_outer_patch, patched_class, restore_class
+from vitslim.config import suggest
 from vitslim.errors import UserError
 
-from .attention import ATTENTION_POINTS, TAP, QuantAttentionMixin
 from .base import Quantizer
-from .config import SiteSpec, kind_options, suggest
+from .config import SiteSpec, kind_options
 from .logarithmic import GELU_SHIFT
 from .sites import Site, find_sites
 
@@ -47,7 +56,6 @@ __all__ = [
     "quantization_disabled",
 ]
 
-_ORIG = "_vq_original_class"
 #: Model attribute holding how ``quantize_`` ran (plain data).
 INFO = "_vq_info"
 #: Hook-point attribute name per site slot.
@@ -88,42 +96,26 @@ class _QuantConv2d:
         return self._conv_forward(x, self.weight if wq is None else wq(self.weight), self.bias)
 
 
+class QuantAttentionMixin:
+    """Mixin for timm ``Attention``: timm's own forward unless a hook point is enabled, then
+    the same computation with :func:`explicit_attention` in place of the fused kernel."""
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+        if not uses_explicit_attention(self):
+            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+        if attn_mask is not None or is_causal:
+            raise NotImplementedError("quantized attention does not support attn_mask / is_causal")
+        gate = attention_gate(self, x)
+        out, _ = explicit_attention(self, *attention_operands(self, x))
+        return attention_output(self, out, gate)
+
+
 def _mixin_for(module: nn.Module) -> type:
     if isinstance(module, nn.Linear):
         return _QuantLinear
     if isinstance(module, nn.Conv2d):
         return _QuantConv2d
     return QuantAttentionMixin
-
-
-def _patched_class(cls: type, mixin: type) -> type:
-    """The generated subclass ``mixin + cls``, cached on this module so models stay picklable."""
-    if _ORIG in vars(cls):
-        return cls
-    name = f"Quant_{cls.__module__.replace('.', '_')}_{cls.__qualname__.replace('.', '_')}"
-    module = sys.modules[__name__]
-    new = getattr(module, name, None)
-    if new is None or vars(new).get(_ORIG) is not cls:
-        new = type(name, (mixin, cls), {_ORIG: cls, "__module__": __name__, "__qualname__": name})
-        setattr(module, name, new)
-    return new
-
-
-@contextlib.contextmanager
-def _under_token_reduction(model: nn.Module) -> Iterator[None]:
-    """Lift token reduction (if any) while classes are swapped, then re-apply it on top, so its
-    forwards (which route through the shared explicit attention) stay outermost."""
-    from vitslim.compress.tokens.patch import apply_token_reduction, remove_token_reduction, token_reduction_state
-
-    state = token_reduction_state(model)
-    if state is None:
-        yield
-        return
-    remove_token_reduction(model)
-    try:
-        yield
-    finally:
-        apply_token_reduction(model, state.config)
 
 
 def _post_gelu_shift(model: nn.Module, site: Site) -> float:
@@ -145,10 +137,10 @@ def install_points(model: nn.Module, quantizers: Mapping[Site, Quantizer]) -> di
     if is_quantized(model):
         raise UserError("model is already quantized: call remove_quantization(model) first")
     points: dict[str, QuantPoint] = {}
-    with _under_token_reduction(model):
+    with beneath_outer_patch(model):
         for site, quantizer in quantizers.items():
             owner = model.get_submodule(site.module)
-            owner.__class__ = _patched_class(type(owner), _mixin_for(owner))
+            owner.__class__ = patched_class(type(owner), _mixin_for(owner), QUANT_PATCH, "Quant", __name__)
             point = QuantPoint(site.name, site.kind, quantizer)
             param = next(owner.parameters(), None)
             owner.add_module(POINT_ATTRS[site.slot], point if param is None else point.to(param.device))
@@ -175,16 +167,14 @@ def apply_quantization(
 def remove_quantization(model: nn.Module) -> nn.Module:
     """Undo the patch: points deleted, original classes back (reparameterisations stay)."""
     model.__dict__.pop(INFO, None)
-    with _under_token_reduction(model):
+    with beneath_outer_patch(model):
         for module in model.modules():
             for attr in POINT_ATTRS.values():
                 if isinstance(module._modules.get(attr), QuantPoint):
                     del module._modules[attr]
             if TAP in module.__dict__:
                 delattr(module, TAP)
-            orig = vars(type(module)).get(_ORIG)
-            if orig is not None:
-                module.__class__ = orig
+            restore_class(module, QUANT_PATCH)
     return model
 
 

@@ -36,8 +36,8 @@ import torch
 from torch import Tensor, nn
 
 from .base import MIN_SCALE
-from .calibration import collect_rows
 from .logarithmic import GELU_SHIFT
+from .samplers import collect_rows
 from .sites import layernorm_consumers
 from .uniform import UniformQuantizer
 

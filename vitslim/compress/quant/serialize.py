@@ -17,12 +17,13 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from vitslim.compress.vit.patching import unpatched_class
 from vitslim.errors import UserError
 
 from .placement import INFO, install_points, is_quantized, quant_points, quantization_info
 from .registry import quantizer_from_config
 from .reparam import apply_reparam_structure, reparam_record
-from .sites import find_sites, unpatched_class
+from .sites import find_sites
 
 __all__ = ["save_quantized", "load_quantized", "CONFIG_NAME", "WEIGHTS_NAME"]
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from vitslim.errors import UserError
+from vitslim.compress.vit.patching import check_vit
 
 __all__ = [
     "SITE_KINDS",
@@ -32,8 +32,6 @@ __all__ = [
     "ATTENTION_SLOTS",
     "Site",
     "find_sites",
-    "check_vit",
-    "unpatched_class",
     "layernorm_consumers",
 ]
 
@@ -41,8 +39,6 @@ SITE_KINDS = ("weight", "post_ln", "post_gelu", "post_softmax", "qk", "v", "gene
 ACTIVATION_KINDS = SITE_KINDS[1:]
 #: Attention matmul operands, in the order the attention computes them, with their kinds.
 ATTENTION_SLOTS = {"q": "qk", "k": "qk", "softmax": "post_softmax", "v": "v"}
-#: Class attributes naming the class a vitslim patch subclassed (token reduction, quantization).
-PATCH_MARKERS = ("_tr_original_class", "_vq_original_class")
 
 
 @dataclass(frozen=True)
@@ -57,30 +53,6 @@ class Site:
     @property
     def is_weight(self) -> bool:
         return self.slot == "weight"
-
-
-def unpatched_class(cls: type) -> type:
-    """The class under vitslim's generated patch subclasses (token reduction, quantization)."""
-    while True:
-        base = next((vars(cls)[m] for m in PATCH_MARKERS if m in vars(cls)), None)
-        if base is None:
-            return cls
-        cls = base
-
-
-def check_vit(model: nn.Module) -> None:
-    """:class:`UserError` unless ``model`` is a timm VisionTransformer of timm Blocks and Attentions."""
-    from timm.layers import Attention
-    from timm.models.vision_transformer import Block, VisionTransformer
-
-    if not isinstance(model, VisionTransformer):
-        raise UserError(f"quantization supports timm VisionTransformer models, not {type(model).__name__}")
-    for i, blk in enumerate(model.blocks):
-        blk_cls, attn_cls = unpatched_class(type(blk)), unpatched_class(type(blk.attn))
-        if blk_cls is not Block and blk_cls.forward is not Block.forward:
-            raise UserError(f"block {i} is a {blk_cls.__name__}; quantization supports timm Block only")
-        if attn_cls is not Attention and attn_cls.forward is not Attention.forward:
-            raise UserError(f"block {i} uses {attn_cls.__name__}; quantization supports timm Attention only")
 
 
 def _is_gelu(module: nn.Module) -> bool:
@@ -110,7 +82,7 @@ def find_sites(model: nn.Module) -> list[Site]:
     fc1, fc2, heads including ``head_dist``, attention-pool layers) and the four attention
     matmul operands of every block.
     """
-    check_vit(model)
+    check_vit(model, "quantization")
     blocks = {f"blocks.{i}": blk for i, blk in enumerate(model.blocks)}
     sites: list[Site] = []
     conv = getattr(getattr(model, "patch_embed", None), "proj", None)
@@ -137,7 +109,7 @@ def _with_attention(sites: list[Site], blocks: dict[str, nn.Module]) -> list[Sit
 def layernorm_consumers(model: nn.Module) -> dict[str, list[str]]:
     """Each block LayerNorm mapped to the Linears reading its output
     (``norm1``: ``attn.qkv`` and ``attn.gate`` if any; ``norm2``: ``mlp.fc1``)."""
-    check_vit(model)
+    check_vit(model, "quantization")
     out: dict[str, list[str]] = {}
     for i, blk in enumerate(model.blocks):
         p = f"blocks.{i}"

@@ -30,7 +30,7 @@ class TwinUniformQuantizer(UnsignedQuantizer):
     The power-of-two ratio ``2^m`` (as in PTQ4ViT) makes rescaling between the ranges a
     shift. R2 is rounded relative to its first level ``n·Δ1`` (the same levels and
     thresholds as ``round(u/Δ2)``, up to ties): that offset is what lets the ONNX export
-    (:class:`~vitslim.export.qdq.ExportTwinUniform`) compute both ranges with two plain
+    (:class:`~vitslim.export.qdq_modules.ExportTwinUniform`) compute both ranges with two plain
     ``QuantizeLinear`` ops and no masks. A value belongs to R1 when it rounds inside it
     (``round(u/Δ1) <= n-1``, i.e. ``u < (n-½)·Δ1``; PTQ4ViT's seam is ``n·Δ1``): values in
     ``[(n-½)Δ1, n·Δ1)`` then go to the R2 level ``n·Δ1``, their nearest level, and

@@ -11,12 +11,12 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from vitslim.compress.block_cursor import BlockCursor
-from vitslim.compress.hessian import calibration_stages, collect_hessians, relative_output_error
-from vitslim.compress.quant.placement import is_quantized
+from vitslim.compress.calibration.batches import calibration_subset
+from vitslim.compress.calibration.block_cursor import BlockCursor
+from vitslim.compress.calibration.hessian import calibration_stages, collect_hessians, relative_output_error
+from vitslim.compress.vit.patching import QUANT_PATCH, has_patch
 from vitslim.errors import UserError
 
-from .calibration import calibration_subset
 from .config import SparsityConfig
 from .methods import SparsityMethod, get_sparsity_method
 from .pattern import zero_fraction
@@ -54,7 +54,7 @@ def sparsify_(
 
     ``data``: calibration images (a tensor ``[B, 3, H, W]`` or a DataLoader of ``(images, labels)``),
     required by ``wanda`` and ``sparsegpt``; with it, layers are calibrated block by block on the
-    already-sparsified model (:mod:`.calibration`) and each layer's report has its relative output
+    already-sparsified model (:mod:`vitslim.compress.calibration`) and each layer's report has its relative output
     error against its dense weight on its calibration inputs (``None`` without data). Run it before
     quantization (symmetric weight quantizers keep the zeros). Deterministic for a given ``seed``
     (which picks the ``cfg.samples`` images when more are given).
@@ -64,7 +64,7 @@ def sparsify_(
     layers, calibration and total seconds.
     """
     cfg = cfg if isinstance(cfg, SparsityConfig) else SparsityConfig.from_dict(cfg)
-    if is_quantized(model):
+    if has_patch(model, QUANT_PATCH):
         raise UserError("model is already quantized: apply 2:4 sparsity before quantization")
     method = get_sparsity_method(cfg.method)
     if method.needs_data and data is None:

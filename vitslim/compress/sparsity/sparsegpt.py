@@ -1,6 +1,6 @@
 """SparseGPT 2:4 pruning of one weight matrix (Frantar & Alistarh, 2023).
 
-The columns of ``W`` are swept left to right (:func:`~vitslim.compress.hessian.obs_sweep`, with
+The columns of ``W`` are swept left to right (:func:`~vitslim.compress.calibration.hessian.obs_sweep`, with
 the layer-input Hessian ``H = XᵀX``). At every 4th column the mask of the next group of 4 is
 chosen per row by the OBS saliency ``w² / [H⁻¹]²_cc`` of the already updated weights (the 2
 largest kept); each pruned weight's error is spread over the columns not yet processed.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vitslim.compress.hessian import obs_sweep
+from vitslim.compress.calibration.hessian import obs_sweep
 
 from .pattern import GROUP, mask_24
 

@@ -11,6 +11,14 @@ exports to ONNX with static shapes and no scatter-with-reduction (ONNX Runtime, 
 >>> remove_token_reduction(model)                                # doctest: +SKIP
 """
 
+from .config import (
+    TOKEN_REDUCERS,
+    TokenConfigError,
+    TokenMergeConfig,
+    TokenPruneConfig,
+    TokenReductionConfig,
+    token_config_from_dict,
+)
 from .merge import MergePlan, bipartite_soft_matching, max_merge, merge_tokens, merge_wavg, unmerge_tokens
 from .patch import (
     TokenReductionState,
@@ -24,20 +32,14 @@ from .patch import (
 )
 from .prune import PrunePlan, evit_keep_count, evit_select, evit_tokens_out, prune_tokens
 from .schedule import (
-    TOKEN_REDUCERS,
     BlockCost,
     LayerReduction,
-    TokenConfigError,
-    TokenMergeConfig,
-    TokenPruneConfig,
-    TokenReductionConfig,
     block_costs,
     estimate_flops,
     merge_schedule,
     model_num_tokens,
     resolve_layer_ops,
     simulate_layers,
-    token_config_from_dict,
     tokens_per_layer,
 )
 

@@ -21,7 +21,6 @@ its mask when proportional attention is on; 'token' reads the class token, which
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -30,15 +29,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitslim.compress.quant.attention import attention_operands, explicit_attention, uses_explicit_attention
-from vitslim.compress.quant.sites import unpatched_class
+from vitslim.compress.vit.attention import (
+    attention_gate,
+    attention_operands,
+    attention_output,
+    explicit_attention,
+    uses_explicit_attention,
+)
+from vitslim.compress.vit.patching import OUTER_PATCH, TOKEN_PATCH, check_vit, patched_class, restore_class
 
+from .config import TokenConfigError, TokenMergeConfig, TokenPruneConfig
 from .merge import bipartite_soft_matching, max_merge, merge_tokens
 from .prune import evit_keep_count, evit_select, prune_tokens
 from .schedule import (
-    TokenConfigError,
-    TokenMergeConfig,
-    TokenPruneConfig,
     block_costs,
     model_num_tokens,
     resolve_layer_ops,
@@ -57,7 +60,6 @@ __all__ = [
 
 _STATE = "_tr_state"
 _LAYER = "_tr_layer"
-_ORIG = "_tr_original_class"
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,12 @@ class TokenReductionState:
 
     def begin(self) -> None:
         self.size = self.metric = self.cls_attn = None
+
+    def remove(self, model: nn.Module) -> None:
+        remove_token_reduction(model)
+
+    def reapply(self, model: nn.Module) -> None:
+        apply_token_reduction(model, self.config)
 
     def op(self, layer: int) -> str | None:
         return self.ops[layer][0] if layer < len(self.ops) else None
@@ -141,9 +149,7 @@ class _TokenAttention:
         st: TokenReductionState = getattr(self, _STATE)
         if attn_mask is not None or is_causal:
             raise NotImplementedError("token reduction does not support attn_mask / is_causal")
-        B, N, C = x.shape
-        gate_mod = getattr(self, "gate", None)
-        gate = gate_mod(x).sigmoid() if gate_mod is not None else None
+        gate = attention_gate(self, x)
         q, k, v = attention_operands(self, x)
         op = st.op(getattr(self, _LAYER))
         bias = st.attn_bias(q.dtype)
@@ -163,14 +169,7 @@ class _TokenAttention:
                 st.cls_attn = attn[:, :, 0].mean(dim=1)
         if op == "merge":  # keys averaged over heads, reduced in the token-major layout they were split in
             st.metric = k.transpose(1, 2).mean(dim=2)
-
-        x = x.transpose(1, 2).reshape(B, N, getattr(self, "attn_dim", C))
-        x = self.norm(x)
-        if gate is not None:
-            x = x * gate
-        x = self.proj(x)
-        x = self.proj_drop(x)
-        return x
+        return attention_output(self, x, gate)
 
 
 class _TokenBlock:
@@ -224,35 +223,11 @@ class _TokenVisionTransformer:
         return super().pool(x, pool_type)
 
 
-def _patched_class(cls: type, mixin: type) -> type:
-    """The generated subclass ``mixin + cls``, cached on this module so models stay picklable."""
-    if getattr(cls, _ORIG, None) is not None:  # already a patched class
-        return cls
-    name = f"TokenReduced_{cls.__module__.replace('.', '_')}_{cls.__qualname__.replace('.', '_')}"
-    module = sys.modules[__name__]
-    new = getattr(module, name, None)
-    if new is None or getattr(new, _ORIG, None) is not cls:
-        new = type(name, (mixin, cls), {_ORIG: cls, "__module__": __name__, "__qualname__": name})
-        setattr(module, name, new)
-    return new
+def _patched(cls: type, mixin: type) -> type:
+    return patched_class(cls, mixin, TOKEN_PATCH, "TokenReduced", __name__)
 
 
 # --------------------------------------------------------------------------- the verbs
-
-
-def _check_model(model: nn.Module) -> None:
-    from timm.layers import Attention
-    from timm.models.vision_transformer import Block, VisionTransformer
-
-    if not isinstance(model, VisionTransformer):
-        raise TokenConfigError(f"token reduction supports timm VisionTransformer models, not {type(model).__name__}")
-    for i, blk in enumerate(model.blocks):
-        base_blk = unpatched_class(type(blk))
-        base_attn = unpatched_class(type(blk.attn))
-        if not isinstance(blk, Block) or base_blk.forward is not Block.forward:
-            raise TokenConfigError(f"block {i} is a {base_blk.__name__}; token reduction supports timm Block only")
-        if not isinstance(blk.attn, Attention) or base_attn.forward is not Attention.forward:
-            raise TokenConfigError(f"block {i} uses {base_attn.__name__}; token reduction supports timm Attention only")
 
 
 def apply_token_reduction(model: nn.Module, cfg: TokenMergeConfig | TokenPruneConfig) -> nn.Module:
@@ -262,7 +237,7 @@ def apply_token_reduction(model: nn.Module, cfg: TokenMergeConfig | TokenPruneCo
     """
     if not isinstance(cfg, (TokenMergeConfig, TokenPruneConfig)):
         raise TypeError(f"expected TokenMergeConfig or TokenPruneConfig, got {type(cfg).__name__}")
-    _check_model(model)
+    check_vit(model, "token reduction", TokenConfigError)
     if is_token_reduced(model):
         remove_token_reduction(model)
     p = int(model.num_prefix_tokens)
@@ -272,11 +247,12 @@ def apply_token_reduction(model: nn.Module, cfg: TokenMergeConfig | TokenPruneCo
     ops = resolve_layer_ops(cfg, n, len(model.blocks), p, block_costs(model))
     state = TokenReductionState(cfg, ops, p, cfg.proportional_attention)
 
-    model.__class__ = _patched_class(type(model), _TokenVisionTransformer)
+    model.__class__ = _patched(type(model), _TokenVisionTransformer)
     setattr(model, _STATE, state)
+    model.__dict__[OUTER_PATCH] = state
     for i, blk in enumerate(model.blocks):
-        blk.__class__ = _patched_class(type(blk), _TokenBlock)
-        blk.attn.__class__ = _patched_class(type(blk.attn), _TokenAttention)
+        blk.__class__ = _patched(type(blk), _TokenBlock)
+        blk.attn.__class__ = _patched(type(blk.attn), _TokenAttention)
         for m in (blk, blk.attn):
             setattr(m, _STATE, state)
             setattr(m, _LAYER, i)
@@ -286,17 +262,14 @@ def apply_token_reduction(model: nn.Module, cfg: TokenMergeConfig | TokenPruneCo
 def remove_token_reduction(model: nn.Module) -> nn.Module:
     """Undo :func:`apply_token_reduction`: original classes back, added attributes removed."""
     for m in model.modules():
-        orig = getattr(type(m), _ORIG, None)
-        if orig is not None:
-            m.__class__ = orig
-        for attr in (_STATE, _LAYER):
-            if attr in m.__dict__:
-                delattr(m, attr)
+        restore_class(m, TOKEN_PATCH)
+        for attr in (_STATE, _LAYER, OUTER_PATCH):
+            m.__dict__.pop(attr, None)
     return model
 
 
 def is_token_reduced(model: nn.Module) -> bool:
-    return getattr(type(model), _ORIG, None) is not None and _STATE in model.__dict__
+    return TOKEN_PATCH in vars(type(model)) and _STATE in model.__dict__
 
 
 def token_reduction_state(model: nn.Module) -> TokenReductionState | None:

@@ -121,6 +121,39 @@ def measure_drop(
     return 100.0 * float(1.0 - (pred == ref_pred).float().mean())
 
 
+def _holdout(
+    mp: MixedPrecisionConfig, calib_data: Tensor | Iterable, eval_data: Tensor | Iterable | None, device: torch.device
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Calibration images, and for ``max_drop`` the images (and labels) its drop is measured on:
+    ``eval_data``, or else the last ``holdout`` fraction of the calibration images."""
+    images, labels = images_and_labels(calib_data)
+    images = images.to(device)
+    if mp.max_drop is None:
+        return images, None, None
+    if eval_data is not None:
+        held, held_labels = images_and_labels(eval_data)
+    else:
+        n_held = int(round(mp.holdout * images.shape[0]))
+        if n_held < 1 or n_held >= images.shape[0]:
+            raise UserError(f"max_drop needs eval data or more calibration images ({images.shape[0]}) to hold out")
+        held, held_labels = images[-n_held:], None if labels is None else labels[-n_held:]
+        images = images[:-n_held]
+    return images, held.to(device), None if held_labels is None else held_labels.to(device)
+
+
+def _sensitivity_meta(table: SensitivityTable, seconds: float, images: int) -> dict[str, Any]:
+    """What a plan records about the sensitivities it was based on."""
+    return {
+        "method": table.method,
+        "cache": table.meta.get("cache"),
+        "seconds": seconds,
+        "images": images,
+        # weight widths run through the model; the others are estimates (fisher: all are)
+        "measured_bits": [] if table.method == "fisher" else list(table.meta["measure_bits"]),
+        "weight": table.to_dict()["weight"],
+    }
+
+
 def plan_mixed_precision(
     model: nn.Module,
     base_cfg: QuantConfig,
@@ -146,21 +179,7 @@ def plan_mixed_precision(
     """
     start = time.perf_counter()
     mp = mp_cfg if isinstance(mp_cfg, MixedPrecisionConfig) else MixedPrecisionConfig.from_dict(mp_cfg)
-    device = next(model.parameters()).device
-    images, labels = images_and_labels(calib_data)
-    images = images.to(device)
-    held, held_labels = None, None
-    if mp.max_drop is not None:
-        if eval_data is not None:
-            held, held_labels = images_and_labels(eval_data)
-        else:
-            n_held = int(round(mp.holdout * images.shape[0]))
-            if n_held < 1 or n_held >= images.shape[0]:
-                raise UserError(f"max_drop needs eval data or more calibration images ({images.shape[0]}) to hold out")
-            held, held_labels = images[-n_held:], None if labels is None else labels[-n_held:]
-            images = images[:-n_held]
-        held = held.to(device)
-        held_labels = None if held_labels is None else held_labels.to(device)
+    images, held, held_labels = _holdout(mp, calib_data, eval_data, next(model.parameters()).device)
     cache = default_cache_dir() if cache_dir == DEFAULT_CACHE else cache_dir
     was_training = model.training
     model.eval()
@@ -177,18 +196,9 @@ def plan_mixed_precision(
             progress=progress,
             seed=seed,
         )
-        sens_time = time.perf_counter() - start
         meta: dict[str, Any] = {
             "config": mp.to_dict(),
-            "sensitivity": {
-                "method": table.method,
-                "cache": table.meta.get("cache"),
-                "seconds": sens_time,
-                "images": int(min(mp.images, images.shape[0])),
-                # weight widths run through the model; the others are estimates (fisher: all are)
-                "measured_bits": [] if table.method == "fisher" else list(table.meta["measure_bits"]),
-                "weight": table.to_dict()["weight"],
-            },
+            "sensitivity": _sensitivity_meta(table, time.perf_counter() - start, int(min(mp.images, images.shape[0]))),
         }
         if mp.budget is not None:
             path = build_path(model, base_cfg, mp, table)
@@ -217,15 +227,8 @@ def plan_mixed_precision(
             }
     finally:
         model.train(was_training)
-    meta.update(
-        {
-            "step": i,
-            "steps": len(path.states),
-            "costs": path.costs[i],
-            "score": path.scores[i],
-            "seconds": time.perf_counter() - start,
-        }
-    )
+    meta.update(step=i, steps=len(path.states), costs=path.costs[i], score=path.scores[i])
+    meta["seconds"] = time.perf_counter() - start
     return plan_from_state(base_cfg, table, path.states[i], meta)
 
 

@@ -7,7 +7,7 @@ changed, so later layers see the inputs of the compressed model (SparseGPT's and
 sequential scheme). All layers of one block share a pass. Layers outside the blocks (a head)
 get a last pass through the whole model. The blocks run with whatever patches sit on them (token
 reduction, activation quantizers), each on the kept outputs of the block before it
-(:class:`~vitslim.compress.block_cursor.BlockCursor`; the whole model up to the block when the
+(:class:`~vitslim.compress.calibration.block_cursor.BlockCursor`; the whole model up to the block when the
 blocks are not a plain chain).
 
 The sweep (Frantar & Alistarh, SparseGPT 2023 / GPTQ 2022): with ``U`` the upper Cholesky

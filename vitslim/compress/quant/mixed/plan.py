@@ -13,7 +13,7 @@ from vitslim.compress.quant.config import QuantConfig, SiteSpec
 from vitslim.compress.quant.sites import Site
 from vitslim.errors import UserError
 
-__all__ = ["LayerBits", "BitPlan"]
+__all__ = ["LayerBits", "BitPlan", "mixed_precision_summary"]
 
 
 @dataclass(frozen=True)
@@ -104,3 +104,24 @@ def _with_bits(spec: SiteSpec | None, bits: int | None, quantizer: str | None) -
     if quantizer is not None and quantizer != spec.quantizer:
         return SiteSpec(quantizer, bits)
     return SiteSpec(spec.quantizer, bits, spec.options)
+
+
+def mixed_precision_summary(plan: BitPlan) -> dict[str, Any]:
+    """What a report says about a mixed-precision plan: the bits chosen, the cost reached, the
+    search's timings and the per-layer sensitivity it was based on."""
+    meta = plan.meta
+    sens = meta["sensitivity"]
+    summary = {
+        "config": meta["config"],
+        "layers": {name: lb.to_dict() for name, lb in plan.layers.items()},
+        "costs": meta["costs"],
+        "seconds": meta["seconds"],
+        "sensitivity": sens["weight"],
+        "measured_bits": sens["measured_bits"],
+        "metric": f"{sens['method']} of the model output vs fp32",
+        "calibration": f"{sens['images']} calibration images",
+        "sensitivity_cache": sens["cache"],
+    }
+    if "drop" in meta:
+        summary["drop"] = meta["drop"]
+    return summary

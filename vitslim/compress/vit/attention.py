@@ -1,10 +1,11 @@
-"""The explicit attention computation with quantizer hook points.
+"""The attention prologue and the explicit attention computation, with quantizer hook points.
 
-``explicit_attention(attn, q, k, v, bias)`` computes ``softmax(q·kᵀ·scale + bias)·v`` and
-fake-quantizes its matmul operands through the points the quantization patch installs on
-the attention module (``q_quant``, ``k_quant``, ``softmax_quant``, ``v_quant``). It is the one
-explicit path shared by the quantized attention forward below and the token-reduction
-patch's attention forward, so the two patches compose in either order.
+``attention_operands(attn, x)`` splits timm ``Attention``'s q, k, v; ``explicit_attention(attn,
+q, k, v, bias)`` computes ``softmax(q·kᵀ·scale + bias)·v`` and fake-quantizes its matmul operands
+through the points the quantization patch installs on the attention module (``q_quant``,
+``k_quant``, ``softmax_quant``, ``v_quant``). It is the one explicit path shared by the quantized
+attention forward and the token-reduction patch's attention forward, so the two patches compose
+in either order.
 
 A calibration *tap* (``attn._vq_tap``, a callable) sees the float operands ``(q, k, v, bias)``.
 """
@@ -18,10 +19,11 @@ from torch import Tensor, nn
 __all__ = [
     "ATTENTION_POINTS",
     "TAP",
+    "attention_gate",
     "attention_operands",
+    "attention_output",
     "explicit_attention",
     "uses_explicit_attention",
-    "QuantAttentionMixin",
 ]
 
 #: Attribute names of the hook points on an attention module, by slot.
@@ -59,6 +61,22 @@ def attention_operands(attn: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tens
     return attn.q_norm(q), attn.k_norm(k), v
 
 
+def attention_gate(attn: nn.Module, x: Tensor) -> Tensor | None:
+    """The sigmoid gate of a gated timm ``Attention`` on its input ``x``, None without one."""
+    gate = getattr(attn, "gate", None)
+    return None if gate is None else gate(x).sigmoid()
+
+
+def attention_output(attn: nn.Module, out: Tensor, gate: Tensor | None) -> Tensor:
+    """timm ``Attention``'s epilogue on the [B, H, N, D] attention output: heads merged, norm,
+    gate, projection."""
+    B, _, N, _ = out.shape
+    x = attn.norm(out.transpose(1, 2).reshape(B, N, attn.num_heads * attn.head_dim))
+    if gate is not None:
+        x = x * gate
+    return attn.proj_drop(attn.proj(x))
+
+
 def explicit_attention(
     attn: nn.Module, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -77,24 +95,3 @@ def explicit_attention(
     probs = _apply(attn, "softmax", scores.softmax(dim=-1))
     out = attn.attn_drop(probs) @ _apply(attn, "v", v)
     return out, probs
-
-
-class QuantAttentionMixin:
-    """Mixin for timm ``Attention``: timm's own forward unless a hook point is enabled, then
-    the same computation with :func:`explicit_attention` in place of the fused kernel."""
-
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
-        if not uses_explicit_attention(self):
-            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
-        if attn_mask is not None or is_causal:
-            raise NotImplementedError("quantized attention does not support attn_mask / is_causal")
-        B, N, _ = x.shape
-        gate_mod = getattr(self, "gate", None)
-        gate = gate_mod(x).sigmoid() if gate_mod is not None else None
-        q, k, v = attention_operands(self, x)
-        x, _ = explicit_attention(self, q, k, v)
-        x = x.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim)
-        x = self.norm(x)
-        if gate is not None:
-            x = x * gate
-        return self.proj_drop(self.proj(x))

@@ -35,15 +35,14 @@ from vitslim.compress.quant.base import MIN_SCALE
 from vitslim.compress.quant.config import QuantConfig, SiteSpec, kind_options
 from vitslim.compress.quant.placement import build_quantizer
 from vitslim.compress.quant.sites import Site, find_sites
-from vitslim.compress.tokens import token_reduction_state
 from vitslim.errors import UserError
+
+from .float_run import float_run, logits_from
 
 __all__ = ["LayerInfo", "SensitivityTable", "planned_layers", "measure_sensitivity", "fingerprint"]
 
 #: Bumped whenever what a table holds changes, so stale caches are not read.
 CACHE_VERSION = 1
-#: Layer-input rows kept per layer (layer output errors, activation calibration).
-ROWS = 2048
 
 
 @dataclass(frozen=True)
@@ -131,100 +130,6 @@ def prepared_model(model: nn.Module, base: QuantConfig, images: Tensor, seed: in
     model = copy.deepcopy(model)
     fold_reparameterisations(model, base, base.resolve(find_sites(model)), [images], seed=seed)
     return model
-
-
-@dataclass
-class _FloatRun:
-    """What the float forward leaves behind: block inputs, final features, logits, sampled layer
-    inputs and each layer's multiply-accumulates per image."""
-
-    images: Tensor
-    block_inputs: list[Tensor]
-    features: Tensor
-    logits: Tensor
-    rows: dict[str, Tensor]
-    macs: dict[str, int]
-    #: token-reduced models: the token sizes entering each block, then after the last one
-    sizes: list[Tensor | None]
-
-
-def _float_run(model: nn.Module, images: Tensor, layers: Sequence[str], seed: int) -> _FloatRun:
-    block_inputs: list[Tensor] = []
-    feats: list[Tensor] = []
-    rows: dict[str, Tensor] = {}
-    macs: dict[str, int] = {}
-    gen = torch.Generator().manual_seed(seed)
-
-    def keep_input(name: str, module: nn.Module):
-        def hook(_m: nn.Module, args: tuple) -> None:
-            x = args[0].detach()
-            if isinstance(module, nn.Linear):
-                flat = x.reshape(-1, x.shape[-1])
-                macs[name] = (flat.shape[0] // images.shape[0]) * module.in_features * module.out_features
-                idx = torch.randperm(flat.shape[0], generator=gen)[:ROWS].sort().values
-                rows[name] = flat[idx.to(flat.device)].clone()
-            else:  # the patch-embedding conv: a few whole images
-                rows[name] = x[:4].clone()
-
-        return hook
-
-    def conv_macs(name: str, module: nn.Conv2d):
-        def hook(_m: nn.Module, _args: tuple, out: Tensor) -> None:
-            per_out = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-            macs[name] = out[0].numel() * per_out
-
-        return hook
-
-    state = token_reduction_state(model)
-    sizes: list[Tensor | None] = []
-
-    def keep_block_input(_m: nn.Module, args: tuple) -> None:
-        block_inputs.append(args[0].detach())
-        sizes.append(None if state is None or state.size is None else state.size.clone())
-
-    def keep_features(_m: nn.Module, _args: tuple, out: Tensor) -> None:
-        feats.append(out.detach())
-        sizes.append(None if state is None or state.size is None else state.size.clone())
-
-    handles = [b.register_forward_pre_hook(keep_block_input) for b in model.blocks]
-    handles.append(model.norm.register_forward_hook(keep_features))
-    for name in layers:
-        module = model.get_submodule(name)
-        handles.append(module.register_forward_pre_hook(keep_input(name, module)))
-        if isinstance(module, nn.Conv2d):
-            handles.append(module.register_forward_hook(conv_macs(name, module)))
-    try:
-        with torch.no_grad():
-            logits = model(images)
-    finally:
-        for h in handles:
-            h.remove()
-    if len(block_inputs) != len(model.blocks) or len(feats) != 1:
-        raise UserError("mixed precision needs a plain timm ViT forward (blocks then norm, each run once)")
-    return _FloatRun(images, block_inputs, feats[0], logits, rows, macs, sizes)
-
-
-def _logits_from(model: nn.Module, run: _FloatRun, stage: int) -> Tensor:
-    """Model output recomputed from ``stage`` on (earlier blocks' float outputs reused; a
-    token-reduced model resumes from the token sizes the float run had there)."""
-    if stage < 0:
-        return model(run.images)
-    state = token_reduction_state(model)
-    start = min(stage, len(model.blocks))
-    if state is not None:
-        state.begin()
-        state.size = run.sizes[start]
-    try:
-        x = run.features
-        if stage < len(model.blocks):
-            x = run.block_inputs[stage]
-            for blk in model.blocks[stage:]:
-                x = blk(x)
-            x = model.norm(x)
-        return model.forward_head(x)
-    finally:
-        if state is not None:
-            state.begin()
 
 
 def _damage(logits: Tensor, ref: Tensor, classifier: bool) -> dict[str, float]:
@@ -334,7 +239,7 @@ def measure_sensitivity(
             table.meta["cache"] = "hit"
             return table
     work = prepared_model(model, base, images, seed)
-    run = _float_run(work, images, list(layers), seed)
+    run = float_run(work, images, list(layers), seed)
     depth = len(work.blocks)
     info = {}
     for n, (_w, a) in layers.items():
@@ -427,7 +332,7 @@ def _measured(model, base, run, layers, weight_bits, act_bits, measure, classifi
                 errors[b] = _layer_output_error(module, run.rows[name], wq - module.weight)
                 if b in measure:
                     with _swapped_weight(module, wq):
-                        seen[b] = _damage(_logits_from(model, run, stage), run.logits, classifier)
+                        seen[b] = _damage(logits_from(model, run, stage), run.logits, classifier)
                     measured[b] = seen[b][metric] / max(errors[b], 1e-30)
                     bar.update(1)
             weight[name] = {
@@ -440,7 +345,7 @@ def _measured(model, base, run, layers, weight_bits, act_bits, measure, classifi
                 for a in act_bits:
                     q = _input_quantizer(model, a_site, _spec(base, a_site, a), run.rows[name], seed)
                     with _quantized_input(module, q):
-                        d = _damage(_logits_from(model, run, stage), run.logits, classifier)
+                        d = _damage(logits_from(model, run, stage), run.logits, classifier)
                     act[name][a], extra["act"][name][str(a)] = d[metric], d
                     bar.update(1)
     return weight, act, extra

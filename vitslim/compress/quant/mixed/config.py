@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vitslim.compress.quant.base import MAX_BITS, MIN_BITS
-from vitslim.compress.quant.config import suggest
+from vitslim.config import check_choice, check_flag, check_keys
 from vitslim.errors import UserError
 
 __all__ = ["BUDGET_METRICS", "SENSITIVITY_METHODS", "Budget", "MixedPrecisionConfig"]
@@ -24,14 +24,6 @@ __all__ = ["BUDGET_METRICS", "SENSITIVITY_METHODS", "Budget", "MixedPrecisionCon
 BUDGET_METRICS = ("avg_weight_bits", "size_bytes", "bops")
 #: ``kl`` / ``mse``: measured model-output damage; ``fisher``: diagonal-Fisher estimate.
 SENSITIVITY_METHODS = ("kl", "mse", "fisher")
-
-
-def _check_keys(data: Any, allowed: Sequence[str], where: str) -> None:
-    if not isinstance(data, Mapping):
-        raise UserError(f"{where} must be a mapping, got {type(data).__name__}")
-    for key in data:
-        if key not in allowed:
-            raise UserError(f"unknown key {key!r} in {where}{suggest(key, allowed)} (allowed: {', '.join(allowed)})")
 
 
 def _number(value: Any, where: str, *, positive: bool = True) -> float:
@@ -66,11 +58,7 @@ class Budget:
     value: float
 
     def __post_init__(self) -> None:
-        if self.metric not in BUDGET_METRICS:
-            raise UserError(
-                f"unknown budget {self.metric!r}{suggest(self.metric, BUDGET_METRICS)} "
-                f"(choose one of {', '.join(BUDGET_METRICS)})"
-            )
+        check_choice("budget", self.metric, BUDGET_METRICS)
         object.__setattr__(self, "value", _number(self.value, f"budget {self.metric}"))
 
     def to_dict(self) -> dict[str, float]:
@@ -78,7 +66,7 @@ class Budget:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Budget:
-        _check_keys(data, BUDGET_METRICS, "mixed_precision budget")
+        check_keys(data, BUDGET_METRICS, "mixed_precision budget")
         if len(data) != 1:
             raise UserError(f"a mixed_precision budget names exactly one of {', '.join(BUDGET_METRICS)}")
         ((metric, value),) = data.items()
@@ -128,14 +116,9 @@ class MixedPrecisionConfig:
             if missing:
                 raise UserError(f"measure_bits {missing} are not among weight_bits {list(self.weight_bits)}")
             object.__setattr__(self, "measure_bits", measure)
-        if self.sensitivity not in SENSITIVITY_METHODS:
-            raise UserError(
-                f"unknown sensitivity {self.sensitivity!r}{suggest(self.sensitivity, SENSITIVITY_METHODS)} "
-                f"(choose from {', '.join(SENSITIVITY_METHODS)})"
-            )
+        check_choice("sensitivity", self.sensitivity, SENSITIVITY_METHODS)
         _int(self.images, "images", 1)
-        if not isinstance(self.allow_float, bool):
-            raise UserError(f"allow_float must be true or false, got {self.allow_float!r}")
+        check_flag(self.allow_float, "allow_float")
         holdout = _number(self.holdout, "holdout")
         if not 0 < holdout < 1:
             raise UserError(f"holdout must be a fraction in (0, 1), got {holdout}")
@@ -170,7 +153,7 @@ class MixedPrecisionConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> MixedPrecisionConfig:
         """Inverse of :meth:`to_dict`; unknown keys and wrong types are :class:`UserError`."""
         names = [f.name for f in dataclasses.fields(cls)]
-        _check_keys(data, names, "mixed_precision")
+        check_keys(data, names, "mixed_precision")
         kw = dict(data)
         if kw.get("budget") is not None:
             kw["budget"] = Budget.from_dict(kw["budget"])

@@ -12,7 +12,7 @@ greedy descent under an exact budget (average weight bits, bytes or bit-operatio
 
 from .allocate import FLOAT_BITS, Costs, GreedyPath, Ladder, greedy_path, ladders_for, pareto_sweep
 from .config import BUDGET_METRICS, SENSITIVITY_METHODS, Budget, MixedPrecisionConfig
-from .plan import BitPlan, LayerBits
+from .plan import BitPlan, LayerBits, mixed_precision_summary
 from .plot import plot_pareto
 from .search import build_path, images_and_labels, measure_drop, plan_from_state, plan_mixed_precision
 from .sensitivity import LayerInfo, SensitivityTable, measure_sensitivity, planned_layers
@@ -25,6 +25,7 @@ __all__ = [
     "MixedPrecisionConfig",
     "BitPlan",
     "LayerBits",
+    "mixed_precision_summary",
     "LayerInfo",
     "SensitivityTable",
     "Ladder",

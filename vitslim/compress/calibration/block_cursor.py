@@ -9,7 +9,7 @@ values, in the same batches.
 
 This needs blocks chained one into the next with nothing else passed between them (timm ViTs:
 ``self.blocks(x)``). A probe on one image checks that; otherwise, and for stages that are not
-blocks, every pass runs the whole model (:func:`~vitslim.compress.quant.calibration.run_until`).
+blocks, every pass runs the whole model (:func:`~vitslim.compress.calibration.batches.run_until`).
 Token-reducing blocks keep working: the token sizes entering the block are kept with each batch.
 :class:`BlockRunner` (the pieces: first block inputs, one block, the head) also serves bias correction.
 """
@@ -22,8 +22,9 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from vitslim.compress.quant.calibration import run_until
-from vitslim.compress.tokens import token_reduction_state
+from vitslim.compress.vit.patching import outer_patch
+
+from .batches import run_until
 
 __all__ = ["BlockCursor", "BlockRunner", "chained_blocks"]
 
@@ -34,12 +35,12 @@ class _Stop(Exception):
 
 class BlockRunner:
     """Runs a timm ViT piecewise on kept block inputs: the first block's inputs, one block, the
-    head. The token-reduction state's token sizes are restored before each piece, as the whole
-    forward would have them."""
+    head. The outer patch's token sizes (token reduction) are restored before each piece, as the
+    whole forward would have them."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self.state = token_reduction_state(model)
+        self.state = outer_patch(model)
 
     def inputs(self, batches: Sequence[Tensor]) -> list[tuple[Tensor, Tensor | None]]:
         """The first block's input (and token sizes: none yet) for each batch, as the model is now."""
@@ -105,7 +106,7 @@ def chained_blocks(model: nn.Module, image: Tensor) -> bool:
 class BlockCursor:
     """Calibration ``batches`` run through ``model`` stage by stage (see the module docstring).
 
-    ``stops``: the stage ends of :func:`~vitslim.compress.hessian.calibration_stages`; call
+    ``stops``: the stage ends of :func:`~vitslim.compress.calibration.hessian.calibration_stages`; call
     :meth:`run` with them in order, changing only the layers of the block just run between calls.
     The probe runs here, before the caller's hooks are in place.
     """
