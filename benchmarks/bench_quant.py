@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from vitslim.compress.quant.stage import QuantStage
+from vitslim.compress.quant.stage import QuantStage, apply
 from vitslim.evaluate.environment import environment
 from vitslim.export.onnx_export import export_onnx
 from vitslim.files import atomic_write_json, atomic_write_text
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, stage in stages.items():
         model = copy.deepcopy(loaded.model)
         start = time.perf_counter()
-        stage.apply(model, ctx.calibration(args.calib), seed=args.seed)
+        apply(model, stage, ctx)
         seconds = time.perf_counter() - start
         outputs = evaluate_torch(model, data, args.threads)
         rows.append(

@@ -29,11 +29,11 @@ from vitslim.compress.tokens import (
 )
 from vitslim.evaluate.environment import environment
 from vitslim.evaluate.latency import DEFAULT_WARMUP, bench_ort, resolve_threads
-from vitslim.export.onnx_export import DEFAULT_OPSET, check_parity, export_onnx
+from vitslim.export.onnx_export import DEFAULT_OPSET, export_onnx
+from vitslim.export.validate import check_parity
 from vitslim.files import atomic_write_json, atomic_write_text, ensure_parent_dir
 from vitslim.measure import EvalData, evaluate_onnx, load_eval_data, model_summary, score
 from vitslim.models import LoadedModel, load_model
-from vitslim.pipeline import describe_tokens
 from vitslim.report.markdown import device_line
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -57,7 +57,7 @@ def measure(
     flops = estimate_flops(model)
     row = {
         "name": name,
-        "description": "uncompressed model" if cfg is None else describe_tokens(cfg),
+        "description": "uncompressed model" if cfg is None else cfg.describe(),
         "config": None if cfg is None else cfg.to_dict(),
         "tokens_per_layer": flops["tokens_per_layer"],
         "block_flops_per_image": flops["total_flops"],

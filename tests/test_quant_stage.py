@@ -9,10 +9,10 @@ import torch
 
 from tests.helpers import TINY_ARGS
 from vitslim.compress.quant import QuantConfig, is_quantized, quant_points
-from vitslim.compress.quant.stage import QuantStage
+from vitslim.compress.quant.stage import QuantStage, quant_summary
 from vitslim.errors import UserError
 from vitslim.models import load_model
-from vitslim.pipeline import StageContext, build_variants, quant_summary
+from vitslim.pipeline import StageContext, build_variants
 from vitslim.recipes import list_recipes, load_recipe, parse_recipe
 
 QUANT_RECIPES = ["w8a8", "w6a6-log", "w4a4-uniform", "w4a4-adalog", "w4a4-tanq"]

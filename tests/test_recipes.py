@@ -10,7 +10,8 @@ import pytest
 
 from vitslim.compress.tokens import TokenMergeConfig, TokenPruneConfig
 from vitslim.errors import UserError
-from vitslim.recipes import INSTALLED_RECIPES, STAGE_ORDER, list_recipes, load_recipe, parse_recipe
+from vitslim.recipes import INSTALLED_RECIPES, list_recipes, load_recipe, parse_recipe
+from vitslim.stages import STAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 REPO_RECIPES = sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml"))
@@ -60,7 +61,7 @@ def test_recipe_from_file_keeps_pipeline_order(tmp_path: Path) -> None:
     assert recipe.to_dict()["stages"] == {
         "tokens": {"method": "evit", "keep_rate": 0.5, "layers": [1], "proportional_attention": True}
     }
-    assert list(recipe.stages) == [s for s in STAGE_ORDER if s in recipe.stages]
+    assert list(recipe.stages) == [s for s in STAGES.names if s in recipe.stages]
 
 
 @pytest.mark.parametrize(
@@ -68,9 +69,9 @@ def test_recipe_from_file_keeps_pipeline_order(tmp_path: Path) -> None:
     [
         ("stages: {tokns: {r: 8}}", "unknown key 'tokns' in recipe bad.yaml (stages); did you mean 'tokens'?"),
         ("stage: {tokens: {r: 8}}", "unknown key 'stage' in recipe bad.yaml; did you mean 'stages'?"),
-        ("stages: {tokens: {rr: 8}}", "unknown key 'rr' in recipe bad.yaml (stages.tokens); did you mean 'r'?"),
+        ("stages: {tokens: {rr: 8}}", "recipe bad.yaml (stages.tokens): unknown key 'rr'; did you mean 'r'?"),
         ("stages: {tokens: {method: evit, keep_rat: 0.5}}", "did you mean 'keep_rate'?"),
-        ("stages: {tokens: {method: tomee}}", "unknown method 'tomee' (known: tome, evit); did you mean 'tome'?"),
+        ("stages: {tokens: {method: tomee}}", "unknown method 'tomee'; did you mean 'tome'? (available: tome, evit)"),
         ("stages: {tokens: {r: eight}}", "r must be an integer or a list of integers, got 'eight' (str)"),
         ("stages: {tokens: {proportional_attention: 'yes'}}", "proportional_attention must be true or false"),
         ("stages: {tokens: {method: evit, layers: 3}}", "layers must be a list of integers, got 3 (int)"),

@@ -4,7 +4,7 @@ One image of the evaluation data (and one of the calibration data, when a stage 
 through the model: a size the model does not take, unreadable calibration data or weights that
 give NaN fail here. The recipe's layer patterns are resolved against the model's layers and
 quantizer sites, so a sparsity pattern that selects a layer unable to hold 2:4 fails before the
-stages before it have run.
+stages before it have run (each stage family's ``calibrates`` and ``check``, :mod:`vitslim.stages`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from vitslim.compress.quant import find_sites
-from vitslim.compress.sparsity.selection import select_layers
+from vitslim import stages as stage_table
 from vitslim.errors import UserError
 from vitslim.models import LoadedModel
 
@@ -48,12 +47,11 @@ def preflight(
     """Seconds-long checks of ``recipe`` on ``loaded`` before any stage runs (see the module docstring);
     ``ctx`` gives the calibration data. Pattern warnings are left to the stages themselves."""
     check_one_image(loaded, eval_images, data_name)
-    sparsity, quant = recipe.stages.get("sparsity"), recipe.stages.get("quant")
-    if (sparsity is not None and sparsity.needs_data) or quant is not None:
+    families = [(stage_table.STAGES[name].load(), config) for name, config in recipe.stages.items()]
+    if any(family.calibrates is not None and family.calibrates(config) for family, config in families):
         check_one_image(loaded, ctx.calibration(1)[0], "the calibration data")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if sparsity is not None:
-            select_layers(loaded.model, sparsity)
-        if quant is not None:
-            quant.config.resolve(find_sites(loaded.model))
+        for family, config in families:
+            if family.check is not None:
+                family.check(loaded.model, config)

@@ -8,40 +8,27 @@ from stage name to that stage's settings::
     stages:
       tokens: {method: tome, r: 8, schedule: constant, proportional_attention: true}
 
-Stages always run in the pipeline order of :data:`STAGE_ORDER`, whatever their order in the
-file. Built-in recipes (``recipes/*.yaml`` in the source tree, installed as data files) load
-by name: ``load_recipe("tome-r8")``; anything else is read as a path to a YAML file.
+Stages are those of the stage table (:mod:`vitslim.stages`) and always run in its order,
+whatever their order in the file. Built-in recipes (``recipes/*.yaml`` in the source tree,
+installed as data files) load by name: ``load_recipe("tome-r8")``; anything else is read as a
+path to a YAML file.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib.metadata
-import types
-import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from vitslim.compress.quant.stage import QuantStage
-from vitslim.compress.sparsity import SparsityConfig
-from vitslim.compress.tokens import TOKEN_REDUCERS, TokenReductionConfig, token_config_from_dict
+from vitslim import stages as stage_table
+from vitslim.config import check_keys, suggest
 from vitslim.errors import UserError
-from vitslim.export.stages import ExportStage, ValidateStage
 
-#: deployment targets a recipe can be trimmed for, and the stages that cannot pay on each (why)
-TARGET_DROPS: dict[str, dict[str, str]] = {
-    "cpu": {
-        "sparsity": "2:4 sparsity brings no speed on a CPU (no CPU runtime has 2:4 sparse kernels) and costs accuracy"
-    },
-    "gpu": {},
-}
-#: every stage a recipe may name, in the order the pipeline applies them
-STAGE_ORDER = ("tokens", "sparsity", "quant", "export", "validate")
 RECIPE_KEYS = ("name", "description", "stages")
 RECIPE_SUFFIXES = (".yaml", ".yml")
 #: where built-in recipes are installed, relative to the environment's data folder
@@ -50,7 +37,7 @@ INSTALLED_RECIPES = ("share", "vitslim", "recipes")
 
 @dataclass(frozen=True)
 class Recipe:
-    """A validated recipe: ``stages`` maps stage name to its config, in :data:`STAGE_ORDER`."""
+    """A validated recipe: ``stages`` maps stage name to its config, in the stage table's order."""
 
     name: str
     description: str
@@ -66,17 +53,16 @@ class Recipe:
         }
 
     def for_target(self, target: str) -> tuple[Recipe, dict[str, str]]:
-        """This recipe without the stages that cannot pay on ``target`` (``cpu`` or ``gpu``, see
-        :data:`TARGET_DROPS`), and the dropped stages with the reason for each."""
-        if target not in TARGET_DROPS:
-            raise UserError(f"unknown target {target!r} (choose from {', '.join(TARGET_DROPS)})")
-        dropped = {stage: why for stage, why in TARGET_DROPS[target].items() if stage in self.stages}
+        """This recipe without the stages that cannot pay on ``target`` (one of
+        :data:`~vitslim.stages.TARGETS`), and the dropped stages with the reason for each."""
+        table = stage_table.STAGES
+        dropped = {stage: why for stage, why in table.cannot_pay(target).items() if stage in self.stages}
         if not dropped:
             return self, {}
-        stages = {stage: cfg for stage, cfg in self.stages.items() if stage not in dropped}
-        if not any(stage in stages for stage in ("tokens", "sparsity", "quant")):
+        kept = {stage: cfg for stage, cfg in self.stages.items() if stage not in dropped}
+        if not any(table[stage].model_stage for stage in kept):
             raise UserError(f"recipe {self.name} has nothing left for target {target}: {'; '.join(dropped.values())}")
-        return dataclasses.replace(self, stages=stages), dropped
+        return dataclasses.replace(self, stages=kept), dropped
 
 
 # --------------------------------------------------------------------------- built-in recipes
@@ -119,111 +105,29 @@ def list_recipes() -> list[str]:
 # --------------------------------------------------------------------------- validation
 
 
-def _unknown_key(key: Any, known: Sequence[str], where: str) -> UserError:
-    close = difflib.get_close_matches(str(key), known, n=1)
-    hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
-    return UserError(f"unknown key {key!r} in {where}; {hint}")
-
-
-def _check_keys(mapping: Mapping[str, Any], known: Sequence[str], where: str) -> None:
-    for key in mapping:
-        if key not in known:
-            raise _unknown_key(key, known, where)
-
-
-_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    """Whether a YAML value fits a config field's type hint (lists stand for sequences)."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, arg) for arg in typing.get_args(hint))
-    if origin is not None and issubclass(origin, Sequence):
-        (item,) = typing.get_args(hint)
-        return isinstance(value, list) and all(_matches(v, item) for v in value)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
-def _describe(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(arg) for arg in typing.get_args(hint))
-    if origin is not None and issubclass(origin, Sequence):
-        (item,) = typing.get_args(hint)
-        return f"a list of {_describe(item).removeprefix('an ').removeprefix('a ')}s"
-    return _TYPE_WORDS.get(hint, getattr(hint, "__name__", str(hint)))
-
-
-def _check_fields(cls: type, settings: Mapping[str, Any], where: str, extra: Sequence[str] = ()) -> None:
-    """Unknown keys and wrong value types of ``settings`` for the config dataclass ``cls``."""
-    hints = typing.get_type_hints(cls)
-    fields = [f.name for f in dataclasses.fields(cls)]
-    _check_keys(settings, [*extra, *fields], where)
-    for name in fields:
-        if name in settings and not _matches(settings[name], hints[name]):
-            value = settings[name]
-            raise UserError(f"{where}: {name} must be {_describe(hints[name])}, got {value!r} ({type(value).__name__})")
-
-
-def _parse_tokens(settings: Mapping[str, Any], where: str) -> TokenReductionConfig:
-    method = settings.get("method", "tome")
-    if method not in TOKEN_REDUCERS:
-        close = difflib.get_close_matches(str(method), list(TOKEN_REDUCERS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UserError(f"{where}: unknown method {method!r} (known: {', '.join(TOKEN_REDUCERS)}){hint}")
-    _check_fields(TOKEN_REDUCERS[method], settings, where, extra=("method",))
-    try:
-        return token_config_from_dict(settings)
-    except UserError as exc:
-        raise UserError(f"{where}: {exc}") from None
-
-
-def _parser(from_dict: Callable[[Mapping[str, Any]], Any]) -> Callable[[Mapping[str, Any], str], Any]:
-    """A stage parser around a config's ``from_dict``, prefixing its errors with where they are."""
-
-    def parse(settings: Mapping[str, Any], where: str) -> Any:
-        try:
-            return from_dict(settings)
-        except UserError as exc:
-            raise UserError(f"{where}: {exc}") from None
-
-    return parse
-
-
-#: stage name -> parser of its settings
-STAGE_PARSERS: dict[str, Callable[[Mapping[str, Any], str], Any]] = {
-    "tokens": _parse_tokens,
-    "sparsity": _parser(SparsityConfig.from_dict),
-    "quant": _parser(QuantStage.from_dict),
-    "export": _parser(ExportStage.from_dict),
-    "validate": _parser(ValidateStage.from_dict),
-}
-
-
 def parse_recipe(data: Any, source: str, default_name: str) -> Recipe:
     """Validate the loaded YAML ``data`` of a recipe read from ``source``."""
-    where = f"recipe {source}"
+    where, table = f"recipe {source}", stage_table.STAGES
     if not isinstance(data, Mapping):
         raise UserError(f"{where} must be a mapping with a 'stages' key, got {type(data).__name__}")
-    _check_keys(data, RECIPE_KEYS, where)
+    check_keys(data, RECIPE_KEYS, where)
     for key in ("name", "description"):
         if key in data and not isinstance(data[key], str):
             raise UserError(f"{where}: {key} must be a string, got {data[key]!r}")
-    stages = data.get("stages")
-    if not isinstance(stages, Mapping) or not stages:
-        raise UserError(f"{where} needs 'stages': a mapping of one or more of {', '.join(STAGE_ORDER)}")
-    _check_keys(stages, STAGE_ORDER, f"{where} (stages)")
+    raw = data.get("stages")
+    if not isinstance(raw, Mapping) or not raw:
+        raise UserError(f"{where} needs 'stages': a mapping of one or more of {', '.join(table.names)}")
+    check_keys(raw, table.names, f"{where} (stages)")
     parsed = {}
-    for stage in (s for s in STAGE_ORDER if s in stages):
-        settings = stages[stage]
+    for stage in (s for s in table.names if s in raw):
+        settings = raw[stage]
         if not isinstance(settings, Mapping):
             raise UserError(f"{where}: stages.{stage} must be a mapping of settings, got {settings!r}")
-        parsed[stage] = STAGE_PARSERS[stage](settings, f"{where} (stages.{stage})")
+        try:
+            parsed[stage] = table[stage].load().from_dict(settings)
+        except UserError as exc:
+            raise UserError(f"{where} (stages.{stage}): {exc}") from None
+    table.check_chain(list(parsed), where)
     return Recipe(data.get("name", default_name), data.get("description", ""), parsed, source)
 
 
@@ -251,9 +155,8 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
         if not path.is_file():
             raise UserError(f"recipe file {path} does not exist")
         return parse_recipe(_read_yaml(path), str(path), path.stem)
-    close = difflib.get_close_matches(text, list(builtins), n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
+    hint = suggest(text, builtins) or ";"
     raise UserError(
-        f"unknown recipe {text!r}; {hint}built-in recipes: {', '.join(builtins) or 'none found'} "
+        f"unknown recipe {text!r}{hint} built-in recipes: {', '.join(builtins) or 'none found'} "
         "(or give the path of a .yaml file)"
     )

@@ -1,4 +1,5 @@
-"""The ``quant`` stage of a recipe: a quantization config plus how to calibrate it.
+"""The ``quant`` stage of a recipe: a quantization config plus how to calibrate it, and what
+reports say about quantized variants.
 
 >>> stage = QuantStage.from_dict({"preset": "w4a4-adalog", "images": 64, "search": "progressive"})
 >>> stage.config == QuantConfig.preset("w4a4-adalog")
@@ -6,7 +7,7 @@ True
 
 ``config`` keys override the preset's (``{"preset": "w8a8", "config": {"overrides": {"head.*": null}}}``
 keeps the head float); without a preset they override the W8A8 default. ``mixed_precision``
-(a :class:`~vitslim.compress.mixed.MixedPrecisionConfig` mapping) searches the bits of every
+(a :class:`~.mixed.MixedPrecisionConfig` mapping) searches the bits of every
 layer first, the config's bits being the starting point and its quantizers kept.
 """
 
@@ -15,18 +16,23 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from vitslim.compress.mixed import BitPlan, MixedPrecisionConfig, plan_mixed_precision
+from vitslim.config import check_choice, check_flag, check_keys
 from vitslim.errors import UserError
+from vitslim.stages import Calibration, Family, StageRecord
 
-from .apply import check_choice, quantize_
-from .calibration import OBJECTIVES, SEARCHES
-from .config import QuantConfig, suggest
+from .apply import quantize_
+from .config import QuantConfig
+from .mixed import MixedPrecisionConfig, mixed_precision_summary, plan_mixed_precision
+from .placement import quant_points, quantization_info
+from .search import OBJECTIVES, SEARCHES
+from .sites import find_sites
 
-__all__ = ["QuantStage"]
+__all__ = ["QuantStage", "STAGE", "apply", "calibrates", "check", "quant_summary", "measure", "summarize"]
 
 STAGE_KEYS = (
     "preset",
@@ -75,8 +81,7 @@ class QuantStage:
         for name in ("images", "samples", "keep"):
             _positive_int(getattr(self, name), name)
         for name in ("sequential", "gptq", "bias_correction"):
-            if not isinstance(getattr(self, name), bool):
-                raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}")
+            check_flag(getattr(self, name), name)
 
     def describe(self) -> str:
         """A short human description, e.g. ``w8a8, 32 calibration images, mse search``."""
@@ -106,24 +111,6 @@ class QuantStage:
             "bias_correction": self.bias_correction,
         }
 
-    def apply(self, model: nn.Module, calibration: list, *, progress: bool = True, seed: int = 0) -> BitPlan | None:
-        """Quantize ``model`` in place, calibrated on ``calibration`` (batches, already ``images``
-        long); with ``mixed_precision`` the bits are planned first and the plan is returned."""
-        config, plan = self.config, None
-        if self.mixed_precision is not None:
-            plan = plan_mixed_precision(
-                model,
-                config,
-                self.mixed_precision,
-                calibration,
-                progress=progress,
-                seed=seed,
-                quantize_options=self.quantize_options(),
-            )
-            config = plan.to_quant_config(config)
-        quantize_(model, config, calibration, progress=progress, seed=seed, **self.quantize_options())
-        return plan
-
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["config"] = self.config.to_dict()
@@ -133,13 +120,7 @@ class QuantStage:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> QuantStage:
         """Validate recipe settings (unknown keys and bad values are UserErrors)."""
-        if not isinstance(data, Mapping):
-            raise UserError(f"the quant stage must be a mapping of settings, got {data!r}")
-        for key in data:
-            if key not in STAGE_KEYS:
-                raise UserError(
-                    f"unknown key {key!r}{suggest(str(key), STAGE_KEYS)} (allowed: {', '.join(STAGE_KEYS)})"
-                )
+        check_keys(data, STAGE_KEYS)
         preset = data.get("preset")
         if preset is not None and not isinstance(preset, str):
             raise UserError(f"preset must be a string, got {preset!r}")
@@ -157,3 +138,62 @@ class QuantStage:
 
 def _bits(spec: Any) -> str:
     return "f" if spec is None else str(spec.bits)
+
+
+def apply(model: nn.Module, stage: QuantStage, calibration: Calibration) -> StageRecord:
+    """Quantize ``model`` in place, calibrated on ``stage.images`` seeded images; with
+    ``mixed_precision`` the bits are planned first and the plan is the record."""
+    images = calibration.calibration(stage.images)
+    config, report, progress, seed = stage.config, None, calibration.progress, calibration.seed
+    if stage.mixed_precision is not None:
+        options = stage.quantize_options()
+        plan = plan_mixed_precision(
+            model, config, stage.mixed_precision, images, progress=progress, seed=seed, quantize_options=options
+        )
+        config, report = plan.to_quant_config(config), mixed_precision_summary(plan)
+    quantize_(model, config, images, progress=progress, seed=seed, **stage.quantize_options())
+    return StageRecord(stage.describe(), stage, report)
+
+
+def quant_summary(model: nn.Module) -> dict[str, Any] | None:
+    """How a variant was quantized (config and calibration settings), None when it was not."""
+    info = quantization_info(model)
+    if info is None:
+        return None
+    summary = {k: info[k] for k in ("config", "search", "objective", "sequential", "seed", "images", "gptq")}
+    summary["bias_correction"] = info.get("bias_correction")  # absent from models saved before it existed
+    summary["sites"] = {
+        name: {"kind": p.kind, "quantizer": p.quantizer.name, "bits": p.quantizer.bits}
+        for name, p in quant_points(model).items()
+    }
+    return summary
+
+
+def calibrates(stage: QuantStage) -> bool:
+    """Quantization always calibrates on images."""
+    return True
+
+
+def check(model: nn.Module, stage: QuantStage) -> None:
+    """Resolve the config against the model's sites (a model quantization does not support fails here)."""
+    stage.config.resolve(find_sites(model))
+
+
+def measure(model: nn.Module) -> dict[str, Any]:
+    """``quantization``: every variant's :func:`quant_summary`."""
+    return {"quantization": quant_summary(model)}
+
+
+def summarize(record: StageRecord, model: nn.Module, onnx_path: Path, own: bool) -> dict[str, Any]:
+    """``mixed_precision``: the plan of the variant quantized last, when it has one."""
+    return {"mixed_precision": record.report} if own and record.report else {}
+
+
+STAGE = Family(
+    from_dict=QuantStage.from_dict,
+    apply=apply,
+    calibrates=calibrates,
+    check=check,
+    measure=measure,
+    summarize=summarize,
+)
