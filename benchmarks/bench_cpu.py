@@ -48,10 +48,9 @@ from vitslim.evaluate.interleaved import summarize, time_interleaved
 from vitslim.evaluate.openvino_runtime import execution_precision, int8_layers, ov_compile, ov_runner
 from vitslim.evaluate.runtimes import ort_runtime_ops, ort_session
 from vitslim.export.openvino_ir import ir_files, save_openvino_ir
-from vitslim.export.stages import ValidateStage
+from vitslim.export.validate import ValidateStage, judge, parity_of
 from vitslim.files import atomic_write_json, atomic_write_text
 from vitslim.measure import EvalData, evaluate_torch, export_variant, load_eval_data, model_summary, noise_floor
-from vitslim.measure_openvino import parity_of
 from vitslim.models import LoadedModel, load_model
 from vitslim.pipeline import StageContext, build_variants
 from vitslim.recipes import load_recipe, parse_recipe
@@ -182,15 +181,13 @@ def check_parity(row: dict, runs: list[dict], outputs: dict, data: EvalData, thr
     ov_run = next(r for r in runs if r["name"] == row["name"] and r["runtime"] == "openvino")
     exact = evaluate({**ov_run, "precision": "f32"}, data, threads)
     checks = {
-        "onnxruntime": parity_of(reference, outputs[(row["name"], "onnxruntime", "default")], True),
-        "openvino_f32": parity_of(reference, exact, True),
+        "onnxruntime": parity_of(reference.logits, outputs[(row["name"], "onnxruntime", "default")].logits, True),
+        "openvino_f32": parity_of(reference.logits, exact.logits, True),
     }
-    stage = ValidateStage()
-    floor = None
-    if any(stage.needs_noise_floor(c) for c in checks.values()):
-        floor = noise_floor(model, data, reference, threads, progress=False)["agreement"]
-    for check in checks.values():
-        check["failures"] = stage.failures(check, floor)
+    verdicts = judge(checks, ValidateStage(), lambda: noise_floor(model, data, reference, threads, progress=False))
+    floor = next((v.floor["agreement"] for v in verdicts.values() if v.floor is not None), None)
+    for name, check in checks.items():
+        check["failures"] = verdicts[name].reasons
         check["noise_floor"] = floor
     return checks
 

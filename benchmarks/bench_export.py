@@ -47,8 +47,7 @@ from vitslim.evaluate.latency import DEFAULT_WARMUP, bench_ort, resolve_threads,
 from vitslim.evaluate.runtimes import ort_runtime_ops
 from vitslim.export.onnx_export import DEFAULT_OPSET, export_onnx
 from vitslim.export.qdq import export_quantized_onnx
-from vitslim.export.stages import ValidateStage
-from vitslim.export.validate import validate_onnx
+from vitslim.export.validate import ValidateStage, judge, validate_onnx
 from vitslim.files import atomic_write_json, atomic_write_text
 from vitslim.measure import (
     EvalData,
@@ -123,15 +122,15 @@ def judged_validation(model: torch.nn.Module, path: Path, data: EvalData, thread
     """The export itself (ONNX Runtime with its graph optimisations off: Q/DQ as float ops) against
     PyTorch on the whole test sample, judged as the pipeline's ``validate`` stage judges it (under
     99% agreement, not significantly under PyTorch's own noise floor); exits when it fails."""
-    stage = ValidateStage()
     parity = validate_onnx(model, path, data.batches, threads=threads, optimize=False, threshold=0.0).to_dict()
-    floor = None
-    if stage.needs_noise_floor(parity):
-        floor = noise_floor(model, data, evaluate_torch(model, data, threads, progress=False), threads, False)
-    reasons = stage.failures(parity, None if floor is None else floor["agreement"])
-    if reasons:
-        raise SystemExit(f"{path.name} failed validation against PyTorch: {'; '.join(reasons)}")
-    return {**parity, "noise_floor": None if floor is None else floor["agreement"]}
+    verdict = judge(
+        {"onnx": parity},
+        ValidateStage(),
+        lambda: noise_floor(model, data, evaluate_torch(model, data, threads, progress=False), threads, False),
+    )["onnx"]
+    if verdict.reasons:
+        raise SystemExit(f"{path.name} failed validation against PyTorch: {'; '.join(verdict.reasons)}")
+    return {**parity, "noise_floor": None if verdict.floor is None else verdict.floor["agreement"]}
 
 
 def build_variants(

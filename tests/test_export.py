@@ -13,7 +13,8 @@ import torch
 from tests.helpers import tiny_vit
 from vitslim.compress.tokens import TokenMergeConfig, apply_token_reduction
 from vitslim.errors import UserError
-from vitslim.export.onnx_export import check_parity, export_onnx, save_onnx, trace_onnx, with_weights
+from vitslim.export.onnx_export import export_onnx, save_onnx, trace_onnx, with_weights
+from vitslim.export.validate import check_parity
 
 
 def test_export_parity_every_family(tmp_path: Path, tiny_family: str) -> None:

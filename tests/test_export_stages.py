@@ -9,7 +9,8 @@ import pytest
 from tests.helpers import tiny_vit
 from vitslim.calib import build_transform, load_dataset, make_loader
 from vitslim.errors import UserError
-from vitslim.export.stages import ExportStage, ValidateStage, excess_disagreement_p
+from vitslim.export.stages import ExportStage
+from vitslim.export.validate import ValidateStage, excess_disagreement_p
 from vitslim.measure import EvalData, evaluate_torch, noise_floor
 
 

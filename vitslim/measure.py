@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import datetime
 import importlib.util
 import logging
 import time
@@ -15,7 +14,6 @@ import onnx_ir as ir
 import torch
 from torch.utils.data import DataLoader
 
-import vitslim
 from vitslim.calib import build_transform, load_dataset, make_loader
 from vitslim.compress.quant import is_quantized
 from vitslim.errors import UserError
@@ -25,6 +23,7 @@ from vitslim.evaluate.environment import environment
 from vitslim.evaluate.latency import (
     DEFAULT_RUNS,
     DEFAULT_WARMUP,
+    Latency,
     bench_ort,
     bench_torch,
     resolve_threads,
@@ -34,8 +33,10 @@ from vitslim.evaluate.openvino_runtime import require_openvino
 from vitslim.export.manifest import precision_table
 from vitslim.export.onnx_export import DEFAULT_OPSET, save_onnx, trace_onnx, with_weights
 from vitslim.export.qdq import QDQ_OPSET, export_quantized_onnx
+from vitslim.export.validate import parity_of
 from vitslim.measure_openvino import measure_openvino, openvino_latency
 from vitslim.models import LoadedModel
+from vitslim.report.schema import build_report
 
 log = logging.getLogger(__name__)
 #: runtimes a variant can be measured in
@@ -105,6 +106,20 @@ def evaluate_onnx(
     return collect_outputs(runner, data.batches, desc="evaluate onnxruntime", progress=progress)
 
 
+def evaluate_export(
+    path: Path, runtime: str, data: EvalData, threads: int, progress: bool = True
+) -> tuple[str, Outputs]:
+    """Outputs of an exported model in ``runtime`` (``onnxruntime``; ``openvino``: an ONNX file or
+    IR, in OpenVINO's default precision), and a name saying which file ran where (and how)."""
+    if runtime != "openvino":
+        return f"onnxruntime:{path.name}", evaluate_onnx(path, data, threads, progress)
+    from vitslim.evaluate.openvino_runtime import execution_precision, ov_compile, ov_runner
+
+    precision = execution_precision(ov_compile(path, threads, batch=1))
+    outputs = collect_outputs(ov_runner(path, threads), data.batches, desc="evaluate openvino", progress=progress)
+    return f"openvino:{path.name} ({precision})", outputs
+
+
 #: Relative input perturbation of the noise-floor check: float32 rounding level, a few ulps.
 NOISE_FLOOR_INPUT = 1e-6
 
@@ -133,15 +148,15 @@ def noise_floor(
 
 def onnx_parity(reference: Outputs, onnx_outputs: Outputs, path: Path, opset: int, classifier: bool) -> dict:
     """How the exported model's outputs on real data compare with PyTorch's."""
-    fid = fidelity(reference.logits, onnx_outputs.logits, classifier=classifier)
+    parity = parity_of(reference.logits, onnx_outputs.logits, classifier)
     return {
         "file": path.name,
         "opset": opset,
         "size_bytes": path.stat().st_size,
-        "max_abs_diff": float((reference.logits - onnx_outputs.logits).abs().max()),
-        "top1_agreement": fid.agreement,
+        "max_abs_diff": parity["max_abs_diff"],
+        "top1_agreement": parity["top1_agreement"],
         "top1": topk_accuracy(onnx_outputs, 1) if classifier else None,
-        "samples": len(onnx_outputs.labels),
+        "samples": parity["samples"],
     }
 
 
@@ -244,66 +259,18 @@ def measure_variant(
 ) -> tuple[dict, Outputs]:
     """Evaluate ``model`` in PyTorch (fidelity against ``reference``, itself when None), export it
     to ``<out_dir>/model_<name>.onnx`` (``graphs`` and ``reuse``: :func:`export_variant`), check
-    the export on the same data and time PyTorch and ONNX Runtime. Returns the report variant
-    and the PyTorch outputs."""
+    the export on the same data (and as OpenVINO IR when that runtime is measured) and time the
+    runtimes. Returns the report variant and the PyTorch outputs."""
     classifier = loaded.num_classes > 0
-    data, threads, progress = settings.data, settings.threads, settings.progress
-    timing = {"warmup": settings.warmup, "runs": settings.runs}
     start = time.perf_counter()
-    outputs = evaluate_torch(model, data, threads, progress)
+    outputs = evaluate_torch(model, settings.data, settings.threads, settings.progress)
     scores = score(outputs, reference, classifier)
     log.info("%s: PyTorch %s (%.1f s)", name, _scores_text(scores), time.perf_counter() - start)
-    start = time.perf_counter()
-    path = settings.out_dir / f"model_{name}.onnx"
-    onnx_path, opset, export_info = export_variant(model, path, loaded.input_size, graphs, name, reuse)
-    log.info(
-        "%s: exported %s, %.1f MB (%.1f s)",
-        name,
-        onnx_path.name,
-        onnx_path.stat().st_size / 1e6,
-        time.perf_counter() - start,
-    )
-    onnx_outputs = evaluate_onnx(onnx_path, data, threads, progress, settings.providers)
-    parity = onnx_parity(outputs, onnx_outputs, onnx_path, opset, classifier)
-    agreement = parity["top1_agreement"]
-    log.info(
-        "%s: ONNX Runtime vs PyTorch: agreement %s, max abs diff %.3g",
-        name,
-        "n/a (headless)" if agreement is None else f"{100 * agreement:.2f}%",
-        parity["max_abs_diff"],
-    )
+    onnx_path, onnx_record = _export_checked(name, model, loaded, settings, outputs, graphs, reuse)
     extra: dict[str, Any] = {}
     if "openvino" in settings.runtimes:
-        start = time.perf_counter()
-        extra["openvino"] = measure_openvino(onnx_path, data.batches, outputs, reference, classifier, threads, progress)
-        ov_agreement = extra["openvino"]["parity"]["top1_agreement"]
-        log.info(
-            "%s: OpenVINO (%s) vs PyTorch: agreement %s; %d of %d compute layers ran int8 (%.1f s)",
-            name,
-            extra["openvino"]["precision"],
-            "n/a (headless)" if ov_agreement is None else f"{100 * ov_agreement:.2f}%",
-            extra["openvino"]["int8"]["int8_layers"],
-            extra["openvino"]["int8"]["compute_layers"],
-            time.perf_counter() - start,
-        )
-    latency = []
-    if "pytorch" in settings.runtimes:
-        latency += bench_torch(model, loaded.input_size, settings.batch_sizes, threads, progress=progress, **timing)
-    if "onnxruntime" in settings.runtimes:
-        latency += bench_ort(
-            str(onnx_path),
-            loaded.input_size,
-            settings.batch_sizes,
-            threads,
-            progress=progress,
-            providers=settings.providers,
-            **timing,
-        )
-    if "openvino" in settings.runtimes:
-        xml = settings.out_dir / extra["openvino"]["file"]
-        latency += openvino_latency(
-            xml, loaded.input_size, settings.batch_sizes, threads, reference is None, progress=progress, **timing
-        )
+        extra["openvino"] = _openvino_checked(name, onnx_path, settings, outputs, reference, classifier)
+    latency = _latency(model, onnx_path, loaded.input_size, settings, baseline=reference is None)
     for entry in latency:
         log.info("%s: %s on %s, batch %d: p50 %.2f ms", name, entry.runtime, entry.device, entry.batch, entry.p50_ms)
     variant = {
@@ -312,28 +279,91 @@ def measure_variant(
         "evaluated_with": "pytorch",
         **scores,
         "size_bytes": onnx_path.stat().st_size,
-        "onnx": {**parity, **export_info},
+        "onnx": onnx_record,
         **extra,
         "latency": [entry.to_dict() for entry in latency],
     }
     return variant, outputs
 
 
-def new_report(loaded: LoadedModel, settings: MeasureSettings, variants: list[dict], command: str = "") -> dict:
-    """The report.json dict around measured ``variants`` (the ``fp32`` one first)."""
+def _agreement_text(agreement: float | None) -> str:
+    return "n/a (headless)" if agreement is None else f"{100 * agreement:.2f}%"
+
+
+def _export_checked(
+    name: str,
+    model: torch.nn.Module,
+    loaded: LoadedModel,
+    settings: MeasureSettings,
+    outputs: Outputs,
+    graphs: dict[str, ir.Model] | None,
+    reuse: str | None,
+) -> tuple[Path, dict]:
+    """Export ``model`` and evaluate the file in ONNX Runtime: its path and the variant's ``onnx`` record."""
+    start = time.perf_counter()
+    path = settings.out_dir / f"model_{name}.onnx"
+    onnx_path, opset, export_info = export_variant(model, path, loaded.input_size, graphs, name, reuse)
+    size_mb = onnx_path.stat().st_size / 1e6
+    log.info("%s: exported %s, %.1f MB (%.1f s)", name, onnx_path.name, size_mb, time.perf_counter() - start)
+    onnx_outputs = evaluate_onnx(onnx_path, settings.data, settings.threads, settings.progress, settings.providers)
+    parity = onnx_parity(outputs, onnx_outputs, onnx_path, opset, loaded.num_classes > 0)
+    log.info(
+        "%s: ONNX Runtime vs PyTorch: agreement %s, max abs diff %.3g",
+        name,
+        _agreement_text(parity["top1_agreement"]),
+        parity["max_abs_diff"],
+    )
+    return onnx_path, {**parity, **export_info}
+
+
+def _openvino_checked(
+    name: str, onnx_path: Path, settings: MeasureSettings, outputs: Outputs, reference: Outputs | None, classifier: bool
+) -> dict:
+    """The variant's ``openvino`` record (:func:`~vitslim.measure_openvino.measure_openvino`)."""
+    start = time.perf_counter()
+    record = measure_openvino(
+        onnx_path, settings.data.batches, outputs, reference, classifier, settings.threads, settings.progress
+    )
+    log.info(
+        "%s: OpenVINO (%s) vs PyTorch: agreement %s; %d of %d compute layers ran int8 (%.1f s)",
+        name,
+        record["precision"],
+        _agreement_text(record["parity"]["top1_agreement"]),
+        record["int8"]["int8_layers"],
+        record["int8"]["compute_layers"],
+        time.perf_counter() - start,
+    )
+    return record
+
+
+def _latency(
+    model: torch.nn.Module, onnx_path: Path, input_size: tuple, settings: MeasureSettings, baseline: bool
+) -> list[Latency]:
+    """Latency in every runtime of ``settings`` (OpenVINO: the IR beside ``onnx_path``)."""
+    timing = {"warmup": settings.warmup, "runs": settings.runs, "progress": settings.progress}
+    sizes, threads = settings.batch_sizes, settings.threads
+    latency = []
+    if "pytorch" in settings.runtimes:
+        latency += bench_torch(model, input_size, sizes, threads, **timing)
+    if "onnxruntime" in settings.runtimes:
+        latency += bench_ort(str(onnx_path), input_size, sizes, threads, providers=settings.providers, **timing)
+    if "openvino" in settings.runtimes:
+        latency += openvino_latency(onnx_path.with_suffix(".xml"), input_size, sizes, threads, baseline, **timing)
+    return latency
+
+
+def report_header(loaded: LoadedModel, settings: MeasureSettings) -> dict:
+    """The header parts of a report (:func:`~vitslim.report.schema.build_report`): the model, the
+    data, the machine and how latency was measured."""
     return {
-        "vitslim_version": vitslim.__version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": command,
         "model": model_summary(loaded),
         "data": settings.data.describe(),
         "environment": environment(),
         "benchmark": settings.describe(),
-        "variants": variants,
     }
 
 
 def fp32_report(loaded: LoadedModel, settings: MeasureSettings, command: str = "") -> dict:
     """Measure the uncompressed model as variant ``fp32`` and return the report dict."""
     variant, _ = measure_variant("fp32", "uncompressed model", loaded.model, loaded, settings)
-    return new_report(loaded, settings, [variant], command)
+    return build_report(**report_header(loaded, settings), variants=[variant], command=command)

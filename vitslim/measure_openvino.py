@@ -16,22 +16,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vitslim.evaluate.accuracy import Outputs, collect_outputs, fidelity, score
+from vitslim.evaluate.accuracy import Outputs, collect_outputs, score
 from vitslim.evaluate.latency import Latency
 from vitslim.evaluate.openvino_runtime import bench_openvino, execution_precision, int8_layers, ov_compile, ov_runner
 from vitslim.export.openvino_ir import save_openvino_ir
+from vitslim.export.validate import parity_of
 
-__all__ = ["measure_openvino", "openvino_latency", "parity_of"]
-
-
-def parity_of(reference: Outputs, outputs: Outputs, classifier: bool) -> dict[str, Any]:
-    """Max abs difference and top-1 agreement of ``outputs`` against ``reference`` (same inputs)."""
-    fid = fidelity(reference.logits, outputs.logits, classifier=classifier)
-    return {
-        "max_abs_diff": float((reference.logits - outputs.logits).abs().max()),
-        "top1_agreement": fid.agreement,
-        "samples": len(outputs.labels),
-    }
+__all__ = ["measure_openvino", "openvino_latency"]
 
 
 def measure_openvino(
@@ -54,14 +45,14 @@ def measure_openvino(
         "size_bytes": xml.stat().st_size + xml.with_suffix(".bin").stat().st_size,
         "precision": precision,
         **score(outputs, reference, classifier),
-        "parity": {**parity_of(torch_outputs, outputs, classifier), "precision": precision},
+        "parity": {**parity_of(torch_outputs.logits, outputs.logits, classifier), "precision": precision},
         "int8": int8_layers(compiled),
     }
     if precision == "f32":
         record["parity_f32"] = record["parity"]
     else:
         exact = collect_outputs(ov_runner(xml, threads, "f32"), batches, desc="openvino f32", progress=progress)
-        record["parity_f32"] = {**parity_of(torch_outputs, exact, classifier), "precision": "f32"}
+        record["parity_f32"] = {**parity_of(torch_outputs.logits, exact.logits, classifier), "precision": "f32"}
     return record
 
 

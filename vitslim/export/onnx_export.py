@@ -1,14 +1,12 @@
-"""FP32 ONNX export of any image model, with an ONNX Runtime parity check."""
+"""FP32 ONNX export of any image model (its parity with PyTorch: :mod:`vitslim.export.validate`)."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxscript.optimizer
@@ -118,24 +116,3 @@ def light_optimize(model: ir.Model) -> None:
     onnxscript.optimizer.fold_constants(model)
     onnxscript.optimizer.remove_unused_nodes(model)
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
-
-
-@dataclass(frozen=True)
-class Parity:
-    """How closely an exported model reproduces PyTorch on the same inputs."""
-
-    max_abs_diff: float
-    top1_agreement: float
-    samples: int
-
-
-def check_parity(model: torch.nn.Module, onnx_path: str | Path, inputs: torch.Tensor, threads: int = 0) -> Parity:
-    """Run ``inputs`` through PyTorch and ONNX Runtime; return the max abs diff and top-1 agreement."""
-    from vitslim.evaluate.runtimes import ort_session
-
-    session = ort_session(onnx_path, threads=threads)
-    with torch.no_grad():
-        ref = model.eval()(inputs).float().numpy()
-    out = session.run(None, {session.get_inputs()[0].name: inputs.numpy()})[0]
-    agreement = float(np.mean(ref.argmax(-1) == out.argmax(-1))) if ref.ndim == 2 else float("nan")
-    return Parity(float(np.abs(ref - out).max()), agreement, int(inputs.shape[0]))

@@ -17,6 +17,7 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -32,6 +33,8 @@ __all__ = [
     "trtexec_command",
     "write_trtexec_script",
     "build_tensorrt_engine",
+    "EngineResult",
+    "engine_or_script",
 ]
 
 
@@ -208,6 +211,31 @@ def build_tensorrt_engine(
             f"cannot build a TensorRT engine: {reason}. The equivalent trtexec command is in {script}", script
         )
     return _build(onnx_path, engine_path, profile, fp16, int8, fp8, sparse_weights, timing_cache, workspace_mib)
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    """A built ``engine``, or the ``trtexec`` ``script`` written instead and the ``reason``."""
+
+    engine: Path | None
+    script: Path | None = None
+    reason: str | None = None
+
+    def to_dict(self, *, names: bool) -> dict[str, Any]:
+        """The record of a report (``names``: file names, else paths)."""
+        show = (lambda path: path.name) if names else str
+        if self.engine is None:
+            return {"engine": None, "trtexec_script": show(self.script), "reason": self.reason}
+        return {"engine": show(self.engine), "size_bytes": self.engine.stat().st_size}
+
+
+def engine_or_script(onnx_path: str | Path, engine_path: str | Path, **flags: Any) -> EngineResult:
+    """:func:`build_tensorrt_engine`, with the ``trtexec`` script and the reason instead of an
+    error when TensorRT cannot run here."""
+    try:
+        return EngineResult(build_tensorrt_engine(onnx_path, engine_path, **flags))
+    except TensorRTUnavailable as exc:
+        return EngineResult(None, exc.script, str(exc))
 
 
 def _build(onnx_path, engine_path, profile, fp16, int8, fp8, sparse_weights, timing_cache, workspace_mib) -> Path:
