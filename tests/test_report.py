@@ -10,7 +10,7 @@ import pytest
 from vitslim.errors import UserError
 from vitslim.files import atomic_write_text, staged_output_dir
 from vitslim.report import render_markdown, write_report
-from vitslim.report.writer import validate_report
+from vitslim.report.schema import build_report, validate_report
 
 
 def latency(runtime: str, batch: int, p50: float) -> dict:
@@ -169,3 +169,36 @@ def test_markdown_says_which_sensitivity_widths_were_measured(measured: list[int
     text = render_markdown(report)
     assert "quant: mixed precision reached 5.50 average weight bits" in text
     assert (says in text) if says else ("run through the model" not in text)
+
+
+def test_reports_open_with_a_summary() -> None:
+    """Per variant, in ten seconds: top-1 change, speed-up, size, validation, what ran it."""
+    report = sample_report()
+    failed = {"passed": False, "reasons": ["top-1 agreement 90.00% < 99.00%"], "min_agreement": 0.99}
+    report["variants"].append(
+        {
+            **report["variants"][0],
+            "name": "quant",
+            "top1": 0.88,
+            "size_bytes": 500_000,
+            "latency": [latency("pytorch", 1, 12.0), latency("onnxruntime", 1, 2.5)],
+            "onnx": {**report["variants"][0]["onnx"], "format": "qdq", "validation": failed},
+        }
+    )
+    lines = render_markdown(report).splitlines()
+    assert lines[:3] == ["# vitslim report: demo", "", "## Summary"]
+    assert "| fp32 | 90.00% | 1.00x (b1) | 2.0 MB | n/a | ONNX Runtime cpu, fp32 |" in lines
+    quant = "| quant | 88.00% (-2.00 pt) | {} | 0.5 MB (0.25x) | FAILED (ONNX) | {} |"
+    assert quant.format("2.00x (b1)", "ONNX Runtime cpu, int8 Q/DQ") in lines
+    report["variants"][1]["latency"] = report["variants"][1]["latency"][:1]  # timed in PyTorch only
+    assert quant.format("0.83x (b1)", "PyTorch cpu, fake-quantized") in render_markdown(report).splitlines()
+
+
+def test_build_report_checks_the_contract() -> None:
+    parts = {k: v for k, v in sample_report().items() if k != "variants"}
+    variant = sample_report()["variants"][0]
+    report = build_report(**parts, benchmark={}, variants=[variant], command="vitslim test", notes=[])
+    assert list(report)[:3] == ["vitslim_version", "created", "command"] and report["notes"] == []
+    assert "tensorrt" not in report and "recipe" not in report
+    with pytest.raises(ValueError, match="named 'fp32'"):
+        build_report(**parts, benchmark={}, variants=[{**variant, "name": "quant"}])

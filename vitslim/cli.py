@@ -2,27 +2,39 @@
 
 from __future__ import annotations
 
-import functools
-import logging
-import shlex
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-import yaml
 
 from vitslim import __version__
+from vitslim.cli_options import (
+    alone_option,
+    batch_sizes_option,
+    command_line,
+    configure_logging,
+    data_options,
+    device_option,
+    emit,
+    json_option,
+    model_options,
+    recipe_option,
+    runtime_option,
+    runtimes_of,
+    show_progress,
+    target_option,
+    threads_option,
+    timing_options,
+)
 from vitslim.errors import UserError
-from vitslim.files import atomic_write_json, ensure_parent_dir
+from vitslim.files import ensure_parent_dir
 
 if TYPE_CHECKING:  # torch and timm load only when a command runs: `vitslim --help` and usage errors are instant
     from vitslim.models import LoadedModel
     from vitslim.recipes import Recipe
 
-DEFAULT_BATCH_SIZES = "1,16"
 #: exit code of `compress` when an exported variant failed validation (reports are still written)
 VALIDATION_FAILED = 4
 #: what `vitslim demo` runs, on how many test images (5-6 minutes on a 2-core VM, README)
@@ -46,192 +58,6 @@ class VitslimGroup(click.Group):
             raise UserFacingError(str(exc)) from None
 
 
-def _parse_batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
-    try:
-        sizes = [int(part) for part in value.split(",") if part.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers such as 1,16, got {value!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise click.BadParameter(f"batch sizes must be positive integers, got {value!r}")
-    return sizes
-
-
-def _parse_model_args(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
-    parsed = {}
-    for item in values:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}")
-        parsed[key.strip()] = yaml.safe_load(raw)
-    return parsed
-
-
-def model_options(command: Callable) -> Callable:
-    """Options that choose and load a model; the command receives ``loaded: LoadedModel``."""
-
-    @click.option(
-        "--model",
-        "model_name",
-        required=True,
-        help="'demo' (embedded default), a timm model name, or a Hugging Face model folder.",
-    )
-    @click.option(
-        "--checkpoint",
-        type=click.Path(dir_okay=False, path_type=Path),
-        help="Weights of a timm model: .safetensors, .pth/.pt/.bin (loaded with weights_only=True) or a "
-        "big_vision .npz; original DINOv2/CLIP formats load as in timm.",
-    )
-    @click.option("--num-classes", type=click.IntRange(min=0), help="Classifier size (default: from the checkpoint).")
-    @click.option("--random-init", is_flag=True, help="Random weights instead of downloading timm's pretrained ones.")
-    @click.option(
-        "--model-arg",
-        "model_args",
-        multiple=True,
-        callback=_parse_model_args,
-        metavar="KEY=VALUE",
-        help="Extra timm.create_model argument, e.g. img_size=384 (repeatable).",
-    )
-    @functools.wraps(command)
-    def wrapper(
-        model_name: str,
-        checkpoint: Path | None,
-        num_classes: int | None,
-        random_init: bool,
-        model_args: dict[str, Any],
-        **kwargs: Any,
-    ) -> Any:
-        from vitslim.models import load_model
-
-        loaded = load_model(model_name, checkpoint, num_classes, pretrained=not random_init, model_args=model_args)
-        return command(loaded=loaded, **kwargs)
-
-    return wrapper
-
-
-threads_option = click.option(
-    "--threads", type=click.IntRange(min=0), default=0, show_default=True, help="Intra-op threads (0: all cores)."
-)
-
-
-def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    """Fail on a missing or unknown --device while parsing, before the (slow) model load."""
-    from vitslim.evaluate.device import resolve_device
-
-    resolve_device(value)
-    return value
-
-
-device_option = click.option(
-    "--device",
-    default="cpu",
-    callback=_check_device,
-    show_default=True,
-    help="Where PyTorch calibrates, evaluates and is timed: cpu, cuda, cuda:N or auto (CUDA when present); "
-    "ONNX Runtime uses its CUDA provider there when installed.",
-)
-batch_sizes_option = click.option(
-    "--batch-sizes",
-    default=DEFAULT_BATCH_SIZES,
-    show_default=True,
-    callback=_parse_batch_sizes,
-    help="Comma-separated batch sizes to time.",
-)
-
-
-def timing_options(runs: int = 30, warmup: int = 3) -> Callable[[Callable], Callable]:
-    """--warmup and --runs for latency measurements, with these defaults."""
-
-    def decorate(command: Callable) -> Callable:
-        command = click.option(
-            "--runs",
-            type=click.IntRange(min=1),
-            default=runs,
-            show_default=True,
-            help="Timed runs per setting (fewer if 20 s pass first, but at least 5).",
-        )(command)
-        return click.option(
-            "--warmup", type=click.IntRange(min=0), default=warmup, show_default=True, help="Untimed runs per setting."
-        )(command)
-
-    return decorate
-
-
-def runtime_option(default: str) -> Callable[[Callable], Callable]:
-    """--runtime: whose latency is measured."""
-    return click.option(
-        "--runtime",
-        type=click.Choice(["pytorch", "onnxruntime", "openvino", "all"]),
-        default=default,
-        show_default=True,
-        help="Runtime(s) whose latency is measured (a quantized model runs as fake quantization in PyTorch, "
-        "not as it deploys); openvino also writes and evaluates each model as OpenVINO IR; all: every "
-        "installed runtime.",
-    )
-
-
-def _runtimes(runtime: str) -> tuple[str, ...]:
-    from vitslim.measure import resolve_runtimes
-
-    return resolve_runtimes(runtime)
-
-
-def _parse_stages(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in value.split(",") if part.strip())
-
-
-def alone_option(default: str) -> Callable[[Callable], Callable]:
-    """--alone STAGES: recipe stages also measured applied alone to the fp32 model."""
-    return click.option(
-        "--alone",
-        default=default,
-        show_default=True,
-        callback=_parse_stages,
-        help="Comma-separated recipe stages (after its first) also applied alone to the fp32 model and measured "
-        "(variants <stage>-alone, listed after fp32), so their own effect shows next to the cumulative ones.",
-    )
-
-
-def json_option(command: Callable) -> Callable:
-    return click.option(
-        "--json",
-        "json_path",
-        type=click.Path(dir_okay=False, path_type=Path),
-        help="Also write the result as JSON to this file.",
-    )(command)
-
-
-def _progress() -> bool:
-    return not click.get_current_context().find_root().params.get("quiet", False)
-
-
-def _emit(result: dict, json_path: Path | None) -> None:
-    if json_path is not None:
-        atomic_write_json(json_path, result)
-
-
-def _command_line() -> str:
-    return "vitslim " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
-
-
-class _EchoHandler(logging.Handler):
-    """Log records to the current stderr through click (which tests and pipes may replace)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        click.echo(self.format(record), err=True)
-
-
-def _configure_logging(verbose: bool) -> None:
-    """``vitslim`` log records at INFO (each step, its timing and result) with --verbose, else
-    warnings only."""
-    logger = logging.getLogger("vitslim")
-    for handler in [h for h in logger.handlers if isinstance(h, _EchoHandler)]:
-        logger.removeHandler(handler)
-    handler = _EchoHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO if verbose else logging.WARNING)
-
-
 @click.group(cls=VitslimGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vitslim")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -240,18 +66,7 @@ def cli(quiet: bool, verbose: bool) -> None:
     """Compress, export and measure Vision Transformers after training."""
     if quiet and verbose:
         raise click.UsageError("--quiet and --verbose exclude each other")
-    _configure_logging(verbose)
-
-
-def _load_recipe(ctx: click.Context, param: click.Parameter, value: str | None) -> Recipe | None:
-    """Load and validate --recipe while parsing, before the (slow) model load."""
-    from vitslim.recipes import load_recipe
-
-    return None if value is None else load_recipe(value)
-
-
-def recipe_option(required: bool, help_text: str) -> Callable:
-    return click.option("--recipe", required=required, callback=_load_recipe, metavar="NAME|FILE.yaml", help=help_text)
+    configure_logging(verbose)
 
 
 @cli.command()
@@ -263,49 +78,17 @@ def recipe_option(required: bool, help_text: str) -> Callable:
 @json_option
 def info(loaded: LoadedModel, recipe: Recipe | None, json_path: Path | None) -> None:
     """Parameters, FLOPs, tokens and layers of a model."""
-    from vitslim.inspect import model_info, quantization_plan
+    from vitslim.inspect import info_lines, model_info, quantization_plan
 
     tokens = recipe.stages.get("tokens") if recipe is not None else None
     result = model_info(loaded, tokens)
     if recipe is not None and "quant" in recipe.stages:
         result["quantization"] = quantization_plan(loaded.model, recipe.stages["quant"].config)
-    for key, value in result.items():
-        if key not in ("tokens_per_layer", "token_reduction", "quantization"):
-            click.echo(f"{key:>16}: {value}")
     if recipe is not None:
         result["recipe"] = recipe.to_dict()
-        click.echo(f"{'recipe':>16}: {recipe.name} ({recipe.description})")
-    reduction = result.get("token_reduction")
-    if reduction is not None:
-        click.echo(f"{'tokens_per_layer':>16}: {' -> '.join(map(str, reduction['tokens_per_layer']))}")
-        click.echo(
-            f"{'block_flops':>16}: {reduction['block_flops']:,} reduced vs {reduction['unreduced_block_flops']:,} "
-            f"unreduced ({reduction['flops_ratio']:.3f}x; attention + MLP of the blocks)"
-        )
-    quant = result.get("quantization")
-    if quant is not None:
-        click.echo(f"{'quant_sites':>16}: {quant['sites']}")
-        for kind, count in quant["by_kind"].items():
-            click.echo(f"{'':>16}  {count:>3} x {kind}")
-    _emit(result, json_path)
-
-
-def data_options(command: Callable) -> Callable:
-    for decorator in reversed(
-        [
-            click.option(
-                "--data",
-                help="Image folder (class subfolders = labels) or fashion-mnist[:train|:test]; "
-                "default: the demo model's Fashion-MNIST test split.",
-            ),
-            click.option("--limit", type=click.IntRange(min=1), help="Evaluate a seeded sample of this many images."),
-            click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample."),
-            click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
-            threads_option,
-        ]
-    ):
-        command = decorator(command)
-    return command
+    for line in info_lines(result, None if recipe is None else f"{recipe.name} ({recipe.description})"):
+        click.echo(line)
+    emit(result, json_path)
 
 
 @cli.command(name="eval")
@@ -338,30 +121,23 @@ def eval_command(
     json_path: Path | None,
 ) -> None:
     """Top-1/top-5 on labelled data; with --onnx, fidelity of the exported model against PyTorch."""
-    from vitslim.evaluate.accuracy import collect_outputs, score
-    from vitslim.measure import evaluate_onnx, evaluate_torch, load_eval_data
+    from vitslim.evaluate.accuracy import score
+    from vitslim.measure import evaluate_export, evaluate_torch, load_eval_data
 
-    _runtimes(runtime)  # OpenVINO missing: fail before any work
+    runtimes_of(runtime)  # OpenVINO missing: fail before any work
     eval_data = load_eval_data(loaded, data, limit, seed, batch_size)
     classifier = loaded.num_classes > 0
-    reference = evaluate_torch(loaded.model, eval_data, threads, _progress())
+    reference = evaluate_torch(loaded.model, eval_data, threads, show_progress())
     results = [{"name": "pytorch", **score(reference, None, classifier)}]
-    if onnx_path is not None and runtime == "openvino":
-        from vitslim.evaluate.openvino_runtime import execution_precision, ov_compile, ov_runner
-
-        precision = execution_precision(ov_compile(onnx_path, threads, batch=1))
-        runner = ov_runner(onnx_path, threads)
-        outputs = collect_outputs(runner, eval_data.batches, desc="evaluate openvino", progress=_progress())
-        results.append({"name": f"openvino:{onnx_path.name} ({precision})", **score(outputs, reference, classifier)})
-    elif onnx_path is not None:
-        onnx_outputs = evaluate_onnx(onnx_path, eval_data, threads, _progress())
-        results.append({"name": f"onnxruntime:{onnx_path.name}", **score(onnx_outputs, reference, classifier)})
+    if onnx_path is not None:
+        name, outputs = evaluate_export(onnx_path, runtime, eval_data, threads, show_progress())
+        results.append({"name": name, **score(outputs, reference, classifier)})
     click.echo(
         f"{loaded.name} on {eval_data.name} ({eval_data.samples} images, {eval_data.skipped} unreadable skipped)"
     )
     for row in results:
         click.echo("  " + "  ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
-    _emit({"model": loaded.name, "data": eval_data.describe(), "results": results}, json_path)
+    emit({"model": loaded.name, "data": eval_data.describe(), "results": results}, json_path)
 
 
 def _fmt(value: Any) -> str:
@@ -393,36 +169,31 @@ def bench(
 ) -> None:
     """Latency of PyTorch eager, ONNX Runtime and OpenVINO (CPU) on random inputs."""
     from vitslim.evaluate.environment import environment
-    from vitslim.evaluate.latency import bench_ort, bench_torch
+    from vitslim.evaluate.latency import bench_ort, bench_torch, latency_table
     from vitslim.export.onnx_export import export_onnx
 
     timing = {"warmup": warmup, "runs": runs}
-    runtimes = _runtimes(runtime)
+    runtimes = runtimes_of(runtime)
     results = []
     if "pytorch" in runtimes:
-        results += bench_torch(loaded.model, loaded.input_size, batch_sizes, threads, progress=_progress(), **timing)
+        results += bench_torch(
+            loaded.model, loaded.input_size, batch_sizes, threads, progress=show_progress(), **timing
+        )
     with tempfile.TemporaryDirectory() as tmp:
         path = onnx_path
         if path is None and ("onnxruntime" in runtimes or "openvino" in runtimes):
             path = export_onnx(loaded.model, Path(tmp) / "model.onnx", loaded.input_size)
         if "onnxruntime" in runtimes:
-            results += bench_ort(str(path), loaded.input_size, batch_sizes, threads, progress=_progress(), **timing)
+            results += bench_ort(str(path), loaded.input_size, batch_sizes, threads, progress=show_progress(), **timing)
         if "openvino" in runtimes:
             from vitslim.measure_openvino import openvino_latency
 
-            results += openvino_latency(path, loaded.input_size, batch_sizes, threads, True, _progress(), **timing)
+            results += openvino_latency(path, loaded.input_size, batch_sizes, threads, True, show_progress(), **timing)
     env = environment()
     click.echo(f"{loaded.name} on {env['cpu']} ({env['logical_cores']} logical cores), random inputs")
-    click.echo(
-        f"{'runtime':>12} {'device':>11} {'batch':>5} {'threads':>7} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
-        f"{'img/s':>8}"
-    )
-    for r in results:
-        click.echo(
-            f"{r.runtime:>12} {r.device:>11} {r.batch:>5} {r.threads:>7} {r.p50_ms:9.2f} {r.p90_ms:9.2f} "
-            f"{r.p99_ms:9.2f} {r.images_per_s:8.1f}"
-        )
-    _emit({"model": loaded.name, "environment": env, "latency": [r.to_dict() for r in results]}, json_path)
+    for line in latency_table(results):
+        click.echo(line)
+    emit({"model": loaded.name, "environment": env, "latency": [r.to_dict() for r in results]}, json_path)
 
 
 @cli.command()
@@ -464,8 +235,9 @@ def export(
     """Export the FP32 model to ONNX and check it against PyTorch in ONNX Runtime (optionally a TensorRT engine)."""
     import torch
 
-    from vitslim.export.onnx_export import check_parity, export_onnx
-    from vitslim.export.tensorrt import TensorRTUnavailable, build_tensorrt_engine
+    from vitslim.export.onnx_export import export_onnx
+    from vitslim.export.tensorrt import TensorRTUnavailable, engine_or_script
+    from vitslim.export.validate import check_parity
 
     if out_path.suffix != ".onnx":
         raise UserError(f"--out must end in .onnx, got {out_path}")
@@ -488,19 +260,15 @@ def export(
         f"top-1 agreement {parity.top1_agreement:.2%}"
     )
     if fmt == "tensorrt":
-        try:
-            engine = build_tensorrt_engine(
-                path, path.with_suffix(".engine"), fp16=fp16, int8=int8, batch_sizes=batch_sizes
-            )
-        except TensorRTUnavailable as exc:
-            result["tensorrt"] = {"engine": None, "trtexec_script": str(exc.script), "reason": str(exc)}
-            _emit(result, json_path)
-            error = click.ClickException(str(exc))
-            error.exit_code = exc.exit_code
-            raise error from None
-        result["tensorrt"] = {"engine": str(engine), "size_bytes": engine.stat().st_size}
-        click.echo(f"wrote TensorRT engine {engine}")
-    _emit(result, json_path)
+        built = engine_or_script(path, path.with_suffix(".engine"), fp16=fp16, int8=int8, batch_sizes=batch_sizes)
+        result["tensorrt"] = built.to_dict(names=False)
+        if built.engine is None:
+            emit(result, json_path)
+            error = click.ClickException(built.reason)
+            error.exit_code = TensorRTUnavailable.exit_code
+            raise error
+        click.echo(f"wrote TensorRT engine {built.engine}")
+    emit(result, json_path)
 
 
 @cli.command()
@@ -528,41 +296,13 @@ def export(
 @alone_option(default="sparsity")
 @runtime_option("onnxruntime")
 @json_option
-def demo(
-    out_dir: Path,
-    limit: int,
-    seed: int,
-    threads: int,
-    device: str,
-    batch_sizes: list[int],
-    warmup: int,
-    runs: int,
-    overwrite: bool,
-    alone: tuple[str, ...],
-    runtime: str,
-    json_path: Path | None,
-) -> None:
+def demo(out_dir: Path, runtime: str, json_path: Path | None, **options: Any) -> None:
     """The whole pipeline on the embedded demo model: fp32, 2:4 sparsity alone, then each cumulative
     stage of the `full` recipe (ToMe, + 2:4, + mixed-precision PTQ), exported, validated and measured."""
     from vitslim.models import load_model
     from vitslim.recipes import load_recipe
 
-    _compress_and_report(
-        load_model("demo"),
-        load_recipe(DEMO_RECIPE),
-        out_dir,
-        json_path,
-        limit=limit,
-        seed=seed,
-        threads=threads,
-        batch_sizes=batch_sizes,
-        warmup=warmup,
-        runs=runs,
-        overwrite=overwrite,
-        device=device,
-        alone=alone,
-        runtimes=_runtimes(runtime),
-    )
+    _compress_and_report(load_model("demo"), load_recipe(DEMO_RECIPE), out_dir, json_path, runtime, **options)
 
 
 @cli.command()
@@ -590,68 +330,35 @@ def demo(
 @click.option("--overwrite", is_flag=True, help="Replace an existing, non-empty --out folder.")
 @alone_option(default="")
 @runtime_option("all")
-@click.option(
-    "--target",
-    type=click.Choice(["cpu", "gpu"]),
-    help="Deployment target: drop the recipe's stages that cannot pay there (cpu: 2:4 sparsity), said in the report.",
-)
+@target_option
 @json_option
 def compress(
     loaded: LoadedModel,
     recipe: Recipe,
-    data: str | None,
-    calib: str | None,
-    limit: int | None,
-    seed: int,
-    batch_size: int,
-    threads: int,
-    batch_sizes: list[int],
-    warmup: int,
-    runs: int,
-    device: str,
     out_dir: Path,
-    overwrite: bool,
-    alone: tuple[str, ...],
+    batch_size: int,
     runtime: str,
-    target: str | None,
     json_path: Path | None,
+    **options: Any,
 ) -> None:
     """Apply a recipe's stages and measure fp32 and each cumulative stage (accuracy, fidelity, ONNX, latency)."""
-    _compress_and_report(
-        loaded,
-        recipe,
-        out_dir,
-        json_path,
-        data=data,
-        calib=calib,
-        limit=limit,
-        seed=seed,
-        eval_batch_size=batch_size,
-        threads=threads,
-        batch_sizes=batch_sizes,
-        warmup=warmup,
-        runs=runs,
-        overwrite=overwrite,
-        device=device,
-        alone=alone,
-        runtimes=_runtimes(runtime),
-        target=target,
-    )
+    _compress_and_report(loaded, recipe, out_dir, json_path, runtime, eval_batch_size=batch_size, **options)
 
 
 def _compress_and_report(
-    loaded: LoadedModel, recipe: Recipe, out_dir: Path, json_path: Path | None, **options: Any
+    loaded: LoadedModel, recipe: Recipe, out_dir: Path, json_path: Path | None, runtime: str, **options: Any
 ) -> None:
-    """Run the compress pipeline (progress bars unless --quiet, this command line recorded), print
-    the report and what was written; exit 4 when an export failed validation."""
+    """Run the compress pipeline (progress bars unless --quiet, this command line recorded) with the
+    command's ``options``, print the report and what was written; exit 4 when an export failed validation."""
     from vitslim.pipeline import compress as run_compress
     from vitslim.report.markdown import render_markdown
 
-    report = run_compress(loaded, recipe, out_dir, progress=_progress(), command=_command_line(), **options)
+    runtimes, progress, command = runtimes_of(runtime), show_progress(), command_line()
+    report = run_compress(loaded, recipe, out_dir, progress=progress, command=command, runtimes=runtimes, **options)
     click.echo(render_markdown(report))
     onnx_files = ", ".join(v["onnx"]["file"] for v in report["variants"])
     click.echo(f"wrote report.json, report.md, report.html, manifest.json and {onnx_files} into {out_dir}")
-    _emit(report, json_path)
+    emit(report, json_path)
     if report["validation_failures"]:
         for failure in report["validation_failures"]:
             click.echo(f"error: {failure}", err=True)
@@ -672,6 +379,7 @@ def report(folders: tuple[Path, ...], out_path: Path | None) -> None:
     from vitslim.files import atomic_write_text
     from vitslim.report import write_report
     from vitslim.report.compare import read_report, render_comparison
+    from vitslim.report.html import html_page
 
     reports = [(str(folder), read_report(folder)) for folder in folders]
     if len(reports) == 1:
@@ -683,12 +391,7 @@ def report(folders: tuple[Path, ...], out_path: Path | None) -> None:
     text = render_comparison(reports)
     click.echo(text)
     if out_path is not None:
-        if out_path.suffix == ".html":
-            import markdown
-
-            body = markdown.markdown(text, extensions=["tables"])
-            text = f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"></head><body>{body}</body></html>\n'
-        atomic_write_text(out_path, text)
+        atomic_write_text(out_path, html_page("vitslim comparison", text) if out_path.suffix == ".html" else text)
         click.echo(f"wrote {out_path}")
 
 

@@ -11,6 +11,9 @@ from vitslim.compress.quant import QuantConfig, find_sites
 from vitslim.compress.tokens import TokenConfigError, TokenReductionConfig, estimate_flops
 from vitslim.models import LoadedModel
 
+#: keys of a model_info result shown by their own lines (``recipe``: the recipe's, given apart)
+_DETAILED = ("tokens_per_layer", "token_reduction", "quantization", "recipe")
+
 
 def count_flops(model: torch.nn.Module, input_size: tuple[int, ...]) -> int:
     """FLOPs (2 x multiply-accumulates) of one forward pass on one image, counted by PyTorch."""
@@ -80,3 +83,23 @@ def model_info(loaded: LoadedModel, tokens: TokenReductionConfig | None = None) 
     if tokens is not None:
         info["token_reduction"] = token_reduction_info(model, tokens)
     return info
+
+
+def info_lines(info: dict, recipe: str | None = None) -> list[str]:
+    """``vitslim info``'s text for a :func:`model_info` result (with ``quantization`` when a recipe
+    quantizes), ``recipe`` naming the recipe when one was given."""
+    lines = [f"{key:>16}: {value}" for key, value in info.items() if key not in _DETAILED]
+    if recipe is not None:
+        lines.append(f"{'recipe':>16}: {recipe}")
+    reduction = info.get("token_reduction")
+    if reduction is not None:
+        lines.append(f"{'tokens_per_layer':>16}: {' -> '.join(map(str, reduction['tokens_per_layer']))}")
+        lines.append(
+            f"{'block_flops':>16}: {reduction['block_flops']:,} reduced vs {reduction['unreduced_block_flops']:,} "
+            f"unreduced ({reduction['flops_ratio']:.3f}x; attention + MLP of the blocks)"
+        )
+    quant = info.get("quantization")
+    if quant is not None:
+        lines.append(f"{'quant_sites':>16}: {quant['sites']}")
+        lines += [f"{'':>16}  {count:>3} x {kind}" for kind, count in quant["by_kind"].items()]
+    return lines

@@ -145,3 +145,16 @@ def bench_ort(
         run = functools.partial(session.run, None, feed)
         results.append(time_calls(run, "onnxruntime", batch, threads, device=provider, **timing))
     return results
+
+
+def latency_table(results: list[Latency]) -> list[str]:
+    """A fixed-width text table of latency results, with its header line."""
+    header = (
+        f"{'runtime':>12} {'device':>11} {'batch':>5} {'threads':>7} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
+        f"{'img/s':>8}"
+    )
+    return [header] + [
+        f"{r.runtime:>12} {r.device:>11} {r.batch:>5} {r.threads:>7} {r.p50_ms:9.2f} {r.p90_ms:9.2f} "
+        f"{r.p99_ms:9.2f} {r.images_per_s:8.1f}"
+        for r in results
+    ]

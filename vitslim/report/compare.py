@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 from vitslim.errors import UserError
-from vitslim.report.markdown import device_line, fmt_mb, fmt_pct, md_table, report_device
-from vitslim.report.writer import validate_report
+from vitslim.report.format import fmt_mb, fmt_pct, md_table
+from vitslim.report.markdown import device_line, report_device
+from vitslim.report.schema import validate_report
 
 
 def read_report(folder: str | Path) -> dict:

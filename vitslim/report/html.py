@@ -42,17 +42,21 @@ def report_figures(report: dict) -> list[tuple[str, bytes]]:
     return out
 
 
+def html_page(title: str, text: str, extra: str = "") -> str:
+    """A self-contained HTML page of the Markdown ``text`` (tables included), then the HTML ``extra``."""
+    body = markdown.markdown(text, extensions=["tables"])
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body>{body}{extra}</body></html>\n"
+    )
+
+
 def render_html(report: dict) -> str:
-    """The whole report as one HTML page with its figures embedded as data URIs."""
-    body = markdown.markdown(render_markdown(report), extensions=["tables"])
+    """The whole report as one HTML page (its summary first) with its figures embedded as data URIs."""
     figs = "".join(
         f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
         f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         for caption, png in report_figures(report)
     )
-    title = html.escape(f"vitslim report: {report['model']['name']}")
     section = f"<h2>Figures</h2>{figs}" if figs else ""
-    return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
-        f"<style>{STYLE}</style></head><body>{body}{section}</body></html>\n"
-    )
+    return html_page(f"vitslim report: {report['model']['name']}", render_markdown(report), section)

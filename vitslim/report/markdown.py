@@ -2,17 +2,8 @@
 
 from __future__ import annotations
 
-
-def fmt_pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.2f}%"
-
-
-def _num(value: float | None, fmt: str = ".4f") -> str:
-    return "n/a" if value is None else format(value, fmt)
-
-
-def fmt_mb(size: int | None) -> str:
-    return "n/a" if size is None else f"{size / 1e6:.1f} MB"
+from vitslim.report.format import fmt_mb, fmt_num, fmt_pct, md_table
+from vitslim.report.summary import summary_section
 
 
 def estimated_bits(mp: dict) -> list[int]:
@@ -22,11 +13,6 @@ def estimated_bits(mp: dict) -> list[int]:
         return []
     widths = sorted({int(b) for row in mp["sensitivity"].values() for b in row})
     return [b for b in widths if b not in mp["measured_bits"]]
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
 def where_measured(env: dict, device: str = "cpu") -> str:
@@ -50,12 +36,25 @@ def device_line(env: dict, device: str = "cpu") -> str:
 
 
 def render_markdown(report: dict) -> str:
-    """A human-readable report: what was measured, on what, and how the variants compare."""
-    model, data, env = report["model"], report["data"], report["environment"]
+    """A human-readable report: a summary, then what was measured, on what, and how the variants compare."""
+    data = report["data"]
     data_line = f"{data['name']}, {data['samples']} samples" + ("" if data.get("labelled", True) else " (unlabelled)")
+    lines = [f"# vitslim report: {report['model']['name']}", "", *summary_section(report), ""]
+    lines += _header(report, data_line)
+    lines += _accuracy_section(report["variants"], data_line)
+    lines += _parity_section(report["variants"])
+    lines += _openvino_section(report["variants"])
+    lines += _quantization_section(report["variants"])
+    lines += _latency_section(report)
+    for note in report.get("notes", []):
+        lines += ["", f"> {note}"]
+    return "\n".join(lines) + "\n"
+
+
+def _header(report: dict, data_line: str) -> list[str]:
+    """What was measured: the model, the data, the machine, the command."""
+    model, env = report["model"], report["environment"]
     lines = [
-        f"# vitslim report: {model['name']}",
-        "",
         f"- **Model**: {model['name']} ({model.get('source', 'unknown source')}), "
         f"{model.get('parameters', 0) / 1e6:.2f} M parameters, input {'x'.join(map(str, model.get('input_size', [])))}",
         f"- **Data**: {data_line}",
@@ -65,8 +64,11 @@ def render_markdown(report: dict) -> str:
         lines.append(f"- **Command**: `{report['command']}`")
     if report.get("created"):
         lines.append(f"- **Created**: {report['created']}")
+    return lines
 
-    lines += ["", f"## Accuracy ({data_line})", ""]
+
+def _accuracy_section(variants: list[dict], data_line: str) -> list[str]:
+    """Accuracy and fidelity against fp32 of every variant (tokens and FLOPs when all have them)."""
     header = [
         "variant",
         "evaluated with",
@@ -84,50 +86,54 @@ def render_markdown(report: dict) -> str:
             fmt_pct(v["top1"]),
             fmt_pct(v["top5"]),
             fmt_pct(v["agreement"]),
-            _num(v.get("cosine")),
-            _num(v.get("kl"), ".2e"),
+            fmt_num(v.get("cosine")),
+            fmt_num(v.get("kl"), ".2e"),
             fmt_mb(v["size_bytes"]),
         ]
-        for v in report["variants"]
+        for v in variants
     ]
-    if all("block_flops_per_image" in v for v in report["variants"]):
+    if all("block_flops_per_image" in v for v in variants):
         header += ["tokens after last block", "block GFLOPs / image"]
-        for row, v in zip(rows, report["variants"], strict=True):
+        for row, v in zip(rows, variants, strict=True):
             row += [str(v["tokens_per_layer"][-1]), f"{v['block_flops_per_image'] / 1e9:.2f}"]
-    lines += md_table(header, rows)
+    return ["", f"## Accuracy ({data_line})", "", *md_table(header, rows)]
 
-    parity = [(v["name"], v["onnx"]) for v in report["variants"] if v.get("onnx")]
-    if parity:
-        lines += ["", "## ONNX export parity (ONNX Runtime vs PyTorch, same inputs)", ""]
-        lines += md_table(
-            ["variant", "file", "opset", "max abs diff", "top-1 agreement", "samples", "validation"],
+
+def _parity_section(variants: list[dict]) -> list[str]:
+    """The ONNX files against PyTorch, with their validation and the noise floor when one was measured."""
+    parity = [(v["name"], v["onnx"]) for v in variants if v.get("onnx")]
+    if not parity:
+        return []
+    lines = ["", "## ONNX export parity (ONNX Runtime vs PyTorch, same inputs)", ""]
+    lines += md_table(
+        ["variant", "file", "opset", "max abs diff", "top-1 agreement", "samples", "validation"],
+        [
             [
-                [
-                    name,
-                    f"`{o['file']}`",
-                    str(o["opset"]),
-                    f"{o['max_abs_diff']:.2e}",
-                    fmt_pct(o["top1_agreement"]),
-                    str(o["samples"]),
-                    _validation(o.get("validation")),
-                ]
-                for name, o in parity
-            ],
-        )
-        floors = [(o.get("validation") or {}).get("noise_floor_measured") for _, o in parity]
-        floors = [f for f in floors if f]
-        if floors:
-            lines += [
-                "",
-                "Noise floor: the PyTorch model's top-1 agreement with itself when every input is scaled by "
-                f"1 + {floors[0]['relative_input_noise']:g}·N(0, 1) (float-rounding level). Quantized models can "
-                "amplify such noise (a value on a rounding boundary moves a whole step), so ONNX Runtime's "
-                "different float rounding cannot be expected to agree better than that.",
+                name,
+                f"`{o['file']}`",
+                str(o["opset"]),
+                f"{o['max_abs_diff']:.2e}",
+                fmt_pct(o["top1_agreement"]),
+                str(o["samples"]),
+                _validation(o.get("validation")),
             ]
+            for name, o in parity
+        ],
+    )
+    floors = [f for f in ((o.get("validation") or {}).get("noise_floor_measured") for _, o in parity) if f]
+    if floors:
+        lines += [
+            "",
+            "Noise floor: the PyTorch model's top-1 agreement with itself when every input is scaled by "
+            f"1 + {floors[0]['relative_input_noise']:g}·N(0, 1) (float-rounding level). Quantized models can "
+            "amplify such noise (a value on a rounding boundary moves a whole step), so ONNX Runtime's "
+            "different float rounding cannot be expected to agree better than that.",
+        ]
+    return lines
 
-    lines += _openvino_section(report["variants"])
-    lines += _quantization_section(report["variants"])
 
+def _latency_section(report: dict) -> list[str]:
+    """Every latency entry, with its speed against the first variant's at the same setting."""
     rows, base = [], {}
     for v in report["variants"]:
         for lat in v["latency"]:
@@ -147,32 +153,19 @@ def render_markdown(report: dict) -> str:
                     str(lat.get("runs", "")),
                 ]
             )
-    if rows:
-        device = where_measured(env, report_device(report))
-        lines += ["", f"## Latency ({device}; random inputs; median and p90 of timed runs after warm-up)", ""]
-        lines += md_table(
-            [
-                "variant",
-                "runtime",
-                "device (precision)",
-                "batch",
-                "threads",
-                "p50 ms",
-                "p90 ms",
-                "images/s",
-                "speed vs first variant",
-                "runs",
-            ],
-            rows,
-        )
-        lines += [
-            "",
-            "Speed ratios compare p50 latencies measured in the same run, same runtime, device, precision, batch "
-            "and threads.",
-        ]
-    for note in report.get("notes", []):
-        lines += ["", f"> {note}"]
-    return "\n".join(lines) + "\n"
+    if not rows:
+        return []
+    device = where_measured(report["environment"], report_device(report))
+    header = ["variant", "runtime", "device (precision)", "batch", "threads", "p50 ms", "p90 ms", "images/s"]
+    return [
+        "",
+        f"## Latency ({device}; random inputs; median and p90 of timed runs after warm-up)",
+        "",
+        *md_table([*header, "speed vs first variant", "runs"], rows),
+        "",
+        "Speed ratios compare p50 latencies measured in the same run, same runtime, device, precision, batch "
+        "and threads.",
+    ]
 
 
 def _int8_text(int8: dict) -> str:
