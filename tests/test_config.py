@@ -65,8 +65,8 @@ def test_helpers() -> None:
     assert check_keys({"images": 1}, ["images"], "quant stage") == {"images": 1}
     with pytest.raises(UserError, match="^quant stage must be a mapping, got list$"):
         check_keys([1], ["images"], "quant stage")
-    with pytest.raises(UserError, match=r"^unknown target 'tpu' \(available: cpu, gpu\)$"):
-        check_choice("target", "tpu", ("cpu", "gpu"))
+    with pytest.raises(UserError, match=r"^unknown target 'xyz' \(available: cpu, gpu\)$"):
+        check_choice("target", "xyz", ("cpu", "gpu"))
     with pytest.raises(UserError, match="^noise_floor must be true or false, got 'yes'$"):
         check_flag("yes", "noise_floor")
     assert check_fields(ValidateStage, {"min_agreement": 0.9}) == {"min_agreement": 0.9}

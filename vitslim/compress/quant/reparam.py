@@ -28,12 +28,13 @@ saved quantized model can be rebuilt; float outputs are unchanged up to rounding
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from vitslim.compress.vit.patching import patched_class
 
 from .base import MIN_SCALE
 from .logarithmic import GELU_SHIFT
@@ -77,20 +78,8 @@ class _ShiftedActivation:
         return super().forward(x) + self.gelu_shift
 
 
-def _shifted_class(cls: type) -> type:
-    if _ORIG in vars(cls):
-        return cls
-    name = f"Shifted_{cls.__module__.replace('.', '_')}_{cls.__qualname__.replace('.', '_')}"
-    module = sys.modules[__name__]
-    new = getattr(module, name, None)
-    if new is None or vars(new).get(_ORIG) is not cls:
-        new = type(name, (_ShiftedActivation, cls), {_ORIG: cls, "__module__": __name__, "__qualname__": name})
-        setattr(module, name, new)
-    return new
-
-
 def _shift_activation(act: nn.Module, shift: float) -> None:
-    act.__class__ = _shifted_class(type(act))
+    act.__class__ = patched_class(type(act), _ShiftedActivation, _ORIG, "Shifted", __name__)
     act.gelu_shift = float(shift)
 
 
