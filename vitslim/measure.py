@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from vitslim.calib import build_transform, load_dataset, make_loader
 from vitslim.compress.quant import is_quantized
+from vitslim.config import check_choice
 from vitslim.errors import UserError
 from vitslim.evaluate.accuracy import Outputs, collect_outputs, fidelity, ort_runner, score, topk_accuracy, torch_runner
 from vitslim.evaluate.device import describe_device, module_device, ort_providers
@@ -48,8 +49,7 @@ def resolve_runtimes(runtime: str) -> tuple[str, ...]:
     named runtime: itself, after checking it is installed."""
     if runtime == "all":
         return tuple(r for r in RUNTIMES if r != "openvino" or importlib.util.find_spec("openvino") is not None)
-    if runtime not in RUNTIMES:
-        raise UserError(f"unknown runtime {runtime!r} (choose from {', '.join(RUNTIMES)} or all)")
+    check_choice("runtime", runtime, (*RUNTIMES, "all"))
     if runtime == "openvino":
         require_openvino()
     return (runtime,)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from vitslim.config import check_choice
 from vitslim.errors import UserError
 
 from .latency import Latency, resolve_threads, time_calls
@@ -63,8 +64,7 @@ def ov_compile(path: str | Path, threads: int = 0, precision: str = "default", b
     """An OpenVINO CPU ``CompiledModel`` of the ONNX or IR (``.xml``) file at ``path``, for one
     stream of ``threads`` threads (0: all cores) in latency mode. ``batch``: reshape the input
     to that static batch first (what a deployment does); None keeps the file's shapes."""
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown OpenVINO precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+    check_choice("OpenVINO precision", precision, PRECISIONS)
     core = _core()
     model = core.read_model(str(path))
     if batch is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from vitslim.config import check_choice
 from vitslim.errors import UserError
 
 from .config import BUDGET_METRICS
@@ -131,8 +132,7 @@ def _score(ladders: Mapping[str, Ladder], idx: Mapping[str, list[int]]) -> float
 def greedy_path(ladders: Mapping[str, Ladder], costs: Costs, metric: str) -> GreedyPath:
     """Lower one layer at a time, by the smallest damage per unit of ``metric`` saved, from every
     layer's first option down to every layer's last; returns every state passed through."""
-    if metric not in BUDGET_METRICS:
-        raise UserError(f"unknown budget metric {metric!r} (choose from {', '.join(BUDGET_METRICS)})")
+    check_choice("budget metric", metric, BUDGET_METRICS)
     idx = {n: [0, 0] for n in ladders}
     path = GreedyPath(metric)
 
