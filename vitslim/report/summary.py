@@ -64,6 +64,7 @@ def _verdict(variant: dict) -> str:
 def _precision(variant: dict, runtime: str) -> str:
     """Which runtime ran the variant, on what, in which precision."""
     device = next((e.get("device", "cpu") for e in variant["latency"] if e["runtime"] == runtime), "cpu")
+    device = device.removesuffix("ExecutionProvider")  # ONNX Runtime's CPUExecutionProvider: CPU
     if runtime == "openvino":
         ov = variant["openvino"]
         int8 = ov["int8"]
