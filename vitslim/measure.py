@@ -244,8 +244,9 @@ def measure_variant(
 ) -> tuple[dict, Outputs]:
     """Evaluate ``model`` in PyTorch (fidelity against ``reference``, itself when None), export it
     to ``<out_dir>/model_<name>.onnx`` (``graphs`` and ``reuse``: :func:`export_variant`), check
-    the export on the same data and time PyTorch and ONNX Runtime. Returns the report variant
-    and the PyTorch outputs."""
+    the export on the same data and time the runtimes of ``settings`` (with OpenVINO, the export is
+    also converted to IR and measured there: :func:`~vitslim.measure_openvino.measure_openvino`).
+    Returns the report variant and the PyTorch outputs."""
     classifier = loaded.num_classes > 0
     data, threads, progress = settings.data, settings.threads, settings.progress
     timing = {"warmup": settings.warmup, "runs": settings.runs}
