@@ -308,6 +308,38 @@ def data_options(command: Callable) -> Callable:
     return command
 
 
+def executor_options(command: Callable) -> Callable:
+    """--executor, --ray-address, --workers: where evaluations run (sharded on Ray)."""
+    for decorator in reversed(
+        [
+            click.option(
+                "--executor",
+                type=click.Choice(["local", "ray"]),
+                default="local",
+                show_default=True,
+                help="ray: split the evaluation images over Ray workers and merge the outputs exactly.",
+            ),
+            click.option(
+                "--ray-address", help="An existing Ray cluster (e.g. ray://head:10001); default: a local one."
+            ),
+            click.option(
+                "--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Shards (0: one per CPU)."
+            ),
+        ]
+    ):
+        command = decorator(command)
+    return command
+
+
+def _executor(executor: str, ray_address: str | None) -> Any:
+    """The executor of --executor (None for local: evaluations stay in this process)."""
+    if executor == "local" and not ray_address:
+        return None
+    from vitslim.executors import make_executor
+
+    return make_executor(executor, ray_address)
+
+
 @cli.command(name="eval")
 @model_options
 @data_options
@@ -325,6 +357,7 @@ def data_options(command: Callable) -> Callable:
     show_default=True,
     help="Runtime that evaluates --onnx (OpenVINO in its default precision: bf16 on CPUs that have it).",
 )
+@executor_options
 @json_option
 def eval_command(
     loaded: LoadedModel,
@@ -335,14 +368,38 @@ def eval_command(
     threads: int,
     onnx_path: Path | None,
     runtime: str,
+    executor: str,
+    ray_address: str | None,
+    workers: int,
     json_path: Path | None,
 ) -> None:
     """Top-1/top-5 on labelled data; with --onnx, fidelity of the exported model against PyTorch."""
-    from vitslim.evaluate.accuracy import collect_outputs, score
-    from vitslim.measure import evaluate_onnx, evaluate_torch, load_eval_data
+    from vitslim.measure import load_eval_data, shard_eval_data
 
     _runtimes(runtime)  # OpenVINO missing: fail before any work
     eval_data = load_eval_data(loaded, data, limit, seed, batch_size)
+    pool = _executor(executor, ray_address)
+    if pool is not None:
+        shard_eval_data(eval_data, pool, workers or pool.capacity(), pool.cpus)
+    try:
+        results = _evaluate(loaded, eval_data, threads, onnx_path, runtime)
+    finally:
+        if pool is not None:
+            pool.close()
+    click.echo(
+        f"{loaded.name} on {eval_data.name} ({eval_data.samples} images, {eval_data.skipped} unreadable skipped)"
+        + ("" if pool is None else f", {len(eval_data.sharding.shards)} shards on {pool.name}")
+    )
+    for row in results:
+        click.echo("  " + "  ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
+    _emit({"model": loaded.name, "data": eval_data.describe(), "results": results}, json_path)
+
+
+def _evaluate(loaded: LoadedModel, eval_data: Any, threads: int, onnx_path: Path | None, runtime: str) -> list[dict]:
+    """PyTorch's scores, and the exported model's against PyTorch when given."""
+    from vitslim.evaluate.accuracy import collect_outputs, score
+    from vitslim.measure import evaluate_onnx, evaluate_torch
+
     classifier = loaded.num_classes > 0
     reference = evaluate_torch(loaded.model, eval_data, threads, _progress())
     results = [{"name": "pytorch", **score(reference, None, classifier)}]
@@ -356,12 +413,7 @@ def eval_command(
     elif onnx_path is not None:
         onnx_outputs = evaluate_onnx(onnx_path, eval_data, threads, _progress())
         results.append({"name": f"onnxruntime:{onnx_path.name}", **score(onnx_outputs, reference, classifier)})
-    click.echo(
-        f"{loaded.name} on {eval_data.name} ({eval_data.samples} images, {eval_data.skipped} unreadable skipped)"
-    )
-    for row in results:
-        click.echo("  " + "  ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
-    _emit({"model": loaded.name, "data": eval_data.describe(), "results": results}, json_path)
+    return results
 
 
 def _fmt(value: Any) -> str:
@@ -595,6 +647,7 @@ def demo(
     type=click.Choice(["cpu", "gpu"]),
     help="Deployment target: drop the recipe's stages that cannot pay there (cpu: 2:4 sparsity), said in the report.",
 )
+@executor_options
 @json_option
 def compress(
     loaded: LoadedModel,
@@ -614,29 +667,40 @@ def compress(
     alone: tuple[str, ...],
     runtime: str,
     target: str | None,
+    executor: str,
+    ray_address: str | None,
+    workers: int,
     json_path: Path | None,
 ) -> None:
     """Apply a recipe's stages and measure fp32 and each cumulative stage (accuracy, fidelity, ONNX, latency)."""
-    _compress_and_report(
-        loaded,
-        recipe,
-        out_dir,
-        json_path,
-        data=data,
-        calib=calib,
-        limit=limit,
-        seed=seed,
-        eval_batch_size=batch_size,
-        threads=threads,
-        batch_sizes=batch_sizes,
-        warmup=warmup,
-        runs=runs,
-        overwrite=overwrite,
-        device=device,
-        alone=alone,
-        runtimes=_runtimes(runtime),
-        target=target,
-    )
+    runtimes = _runtimes(runtime)
+    pool = _executor(executor, ray_address)
+    try:
+        _compress_and_report(
+            loaded,
+            recipe,
+            out_dir,
+            json_path,
+            data=data,
+            calib=calib,
+            limit=limit,
+            seed=seed,
+            eval_batch_size=batch_size,
+            threads=threads,
+            batch_sizes=batch_sizes,
+            warmup=warmup,
+            runs=runs,
+            overwrite=overwrite,
+            device=device,
+            alone=alone,
+            runtimes=runtimes,
+            target=target,
+            executor=pool,
+            workers=workers,
+        )
+    finally:
+        if pool is not None:
+            pool.close()
 
 
 def _compress_and_report(
@@ -690,6 +754,16 @@ def report(folders: tuple[Path, ...], out_path: Path | None) -> None:
             text = f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"></head><body>{body}</body></html>\n'
         atomic_write_text(out_path, text)
         click.echo(f"wrote {out_path}")
+
+
+def _register_commands() -> None:
+    """Commands that live in their own modules."""
+    from vitslim.cli_sweep import sweep
+
+    cli.add_command(sweep)
+
+
+_register_commands()
 
 
 def main() -> None:

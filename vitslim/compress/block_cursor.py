@@ -23,7 +23,6 @@ import torch
 from torch import Tensor, nn
 
 from vitslim.compress.quant.calibration import run_until
-from vitslim.compress.tokens import token_reduction_state
 
 __all__ = ["BlockCursor", "BlockRunner", "chained_blocks"]
 
@@ -39,6 +38,8 @@ class BlockRunner:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
+        from vitslim.compress.tokens import token_reduction_state  # tokens imports quant, which imports this
+
         self.state = token_reduction_state(model)
 
     def inputs(self, batches: Sequence[Tensor]) -> list[tuple[Tensor, Tensor | None]]:

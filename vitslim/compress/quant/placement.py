@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vitslim.compress.patch_classes import PatchedClass
 from vitslim.errors import UserError
 
 from .attention import ATTENTION_POINTS, TAP, QuantAttentionMixin
@@ -104,7 +105,7 @@ def _patched_class(cls: type, mixin: type) -> type:
     module = sys.modules[__name__]
     new = getattr(module, name, None)
     if new is None or vars(new).get(_ORIG) is not cls:
-        new = type(name, (mixin, cls), {_ORIG: cls, "__module__": __name__, "__qualname__": name})
+        new = PatchedClass(name, (mixin, cls), {_ORIG: cls, "__module__": __name__, "__qualname__": name})
         setattr(module, name, new)
     return new
 

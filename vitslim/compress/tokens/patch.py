@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitslim.compress.patch_classes import PatchedClass
 from vitslim.compress.quant.attention import attention_operands, explicit_attention, uses_explicit_attention
 from vitslim.compress.quant.sites import unpatched_class
 
@@ -232,7 +233,7 @@ def _patched_class(cls: type, mixin: type) -> type:
     module = sys.modules[__name__]
     new = getattr(module, name, None)
     if new is None or getattr(new, _ORIG, None) is not cls:
-        new = type(name, (mixin, cls), {_ORIG: cls, "__module__": __name__, "__qualname__": name})
+        new = PatchedClass(name, (mixin, cls), {_ORIG: cls, "__module__": __name__, "__qualname__": name})
         setattr(module, name, new)
     return new
 
