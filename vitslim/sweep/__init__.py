@@ -86,13 +86,14 @@ def run_sweep(
 ) -> dict[str, Any]:
     """Run the sweep into ``out`` (module docstring); returns what sweep.json holds."""
     out = Path(out).resolve()
-    fingerprint = {
+    fingerprint: dict[str, Any] = {
         "model": loaded.name,
         "source": loaded.source,
         "data": [settings.data, settings.limit, settings.seed, settings.batch_size, settings.task_threads],
         "calib": settings.calib,
         "candidates": {c.name: c.recipe.to_dict()["stages"] for c in candidates},
     }
+    fingerprint = json.loads(json.dumps(fingerprint, default=str))  # as it reads back from disk (tuples: lists)
     _claim_folder(out, fingerprint, overwrite)
     jobs = [
         SweepJob(

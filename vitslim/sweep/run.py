@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,7 +92,7 @@ def _record_failure(out: Path, name: str, error: BaseException, seconds: float) 
 
 
 def run_candidates(
-    jobs: Sequence[SweepJob], out: Path, executor: Executor, progress: Any = None
+    jobs: Sequence[SweepJob], out: Path, executor: Executor, progress: Callable[[str, bool], None] | None = None
 ) -> tuple[dict[str, dict], dict[str, dict], list[str]]:
     """Run the jobs whose folder has no report.json yet; returns ``(reports, failures, resumed)``:
     reports and failures by candidate name (finished earlier ones read back from disk), and the
