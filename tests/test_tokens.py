@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import pickle
 
+import onnx
 import pytest
 import timm
 import torch
@@ -410,6 +411,25 @@ def test_flops_estimate():
 
 
 # --------------------------------------------------------------------------- ONNX
+
+
+def test_merge_graph_is_small(tmp_path):
+    """Per merging block: one ScatterElements, two TopK (edges, survivors), one small GatherElements
+    (the partners of the chosen edges), the similarity and combine matmuls, and about thirty nodes in
+    all (the first version, with strided A/B slices, interleaving and expanded gathers, took ~60)."""
+    from vitslim.export.onnx_export import export_onnx
+
+    model = make("vit", depth=4)
+    plain = onnx.load(str(export_onnx(model, tmp_path / "plain.onnx", input_size=(3, IMG, IMG)))).graph
+    apply_token_reduction(model, TokenMergeConfig(r=4))
+    merged = onnx.load(str(export_onnx(model, tmp_path / "merged.onnx", input_size=(3, IMG, IMG)))).graph
+    ops = [n.op_type for n in merged.node]
+    layers = 4
+    assert ops.count("ScatterElements") == layers and ops.count("TopK") == 2 * layers
+    assert ops.count("GatherElements") == layers
+    matmuls = ops.count("MatMul") - [n.op_type for n in plain.node].count("MatMul")
+    assert matmuls <= 3 * layers  # similarity, combine and (after the first) the size matmul per block
+    assert (len(merged.node) - len(plain.node)) / layers <= 35
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,8 @@ from vitslim.cli_options import (
     data_options,
     device_option,
     emit,
+    executor_of,
+    executor_options,
     json_option,
     model_options,
     recipe_option,
@@ -28,6 +30,7 @@ from vitslim.cli_options import (
     threads_option,
     timing_options,
 )
+from vitslim.cli_sweep import sweep
 from vitslim.errors import UserError
 from vitslim.files import ensure_parent_dir
 
@@ -108,6 +111,7 @@ def info(loaded: LoadedModel, recipe: Recipe | None, json_path: Path | None) -> 
     show_default=True,
     help="Runtime that evaluates --onnx (OpenVINO in its default precision: bf16 on CPUs that have it).",
 )
+@executor_options
 @json_option
 def eval_command(
     loaded: LoadedModel,
@@ -118,26 +122,45 @@ def eval_command(
     threads: int,
     onnx_path: Path | None,
     runtime: str,
+    executor: str,
+    ray_address: str | None,
+    workers: int,
     json_path: Path | None,
 ) -> None:
     """Top-1/top-5 on labelled data; with --onnx, fidelity of the exported model against PyTorch."""
-    from vitslim.evaluate.accuracy import score
-    from vitslim.measure import evaluate_export, evaluate_torch, load_eval_data
+    from vitslim.measure import load_eval_data, shard_eval_data
 
     runtimes_of(runtime)  # OpenVINO missing: fail before any work
     eval_data = load_eval_data(loaded, data, limit, seed, batch_size)
+    pool = executor_of(executor, ray_address)
+    if pool is not None:
+        shard_eval_data(eval_data, pool, workers or pool.capacity(), pool.cpus)
+    try:
+        results = _evaluate(loaded, eval_data, threads, onnx_path, runtime)
+    finally:
+        if pool is not None:
+            pool.close()
+    click.echo(
+        f"{loaded.name} on {eval_data.name} ({eval_data.samples} images, {eval_data.skipped} unreadable skipped)"
+        + ("" if pool is None else f", {len(eval_data.sharding.shards)} shards on {pool.name}")
+    )
+    for row in results:
+        click.echo("  " + "  ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
+    emit({"model": loaded.name, "data": eval_data.describe(), "results": results}, json_path)
+
+
+def _evaluate(loaded: LoadedModel, eval_data: Any, threads: int, onnx_path: Path | None, runtime: str) -> list[dict]:
+    """PyTorch's scores, and the exported model's against PyTorch when given."""
+    from vitslim.evaluate.accuracy import score
+    from vitslim.measure import evaluate_export, evaluate_torch
+
     classifier = loaded.num_classes > 0
     reference = evaluate_torch(loaded.model, eval_data, threads, show_progress())
     results = [{"name": "pytorch", **score(reference, None, classifier)}]
     if onnx_path is not None:
         name, outputs = evaluate_export(onnx_path, runtime, eval_data, threads, show_progress())
         results.append({"name": name, **score(outputs, reference, classifier)})
-    click.echo(
-        f"{loaded.name} on {eval_data.name} ({eval_data.samples} images, {eval_data.skipped} unreadable skipped)"
-    )
-    for row in results:
-        click.echo("  " + "  ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
-    emit({"model": loaded.name, "data": eval_data.describe(), "results": results}, json_path)
+    return results
 
 
 def _fmt(value: Any) -> str:
@@ -331,6 +354,7 @@ def demo(out_dir: Path, runtime: str, json_path: Path | None, **options: Any) ->
 @alone_option(default="")
 @runtime_option("all")
 @target_option
+@executor_options
 @json_option
 def compress(
     loaded: LoadedModel,
@@ -338,11 +362,29 @@ def compress(
     out_dir: Path,
     batch_size: int,
     runtime: str,
+    executor: str,
+    ray_address: str | None,
+    workers: int,
     json_path: Path | None,
     **options: Any,
 ) -> None:
     """Apply a recipe's stages and measure fp32 and each cumulative stage (accuracy, fidelity, ONNX, latency)."""
-    _compress_and_report(loaded, recipe, out_dir, json_path, runtime, eval_batch_size=batch_size, **options)
+    pool = executor_of(executor, ray_address)
+    try:
+        _compress_and_report(
+            loaded,
+            recipe,
+            out_dir,
+            json_path,
+            runtime,
+            eval_batch_size=batch_size,
+            executor=pool,
+            workers=workers,
+            **options,
+        )
+    finally:
+        if pool is not None:
+            pool.close()
 
 
 def _compress_and_report(
@@ -393,6 +435,9 @@ def report(folders: tuple[Path, ...], out_path: Path | None) -> None:
     if out_path is not None:
         atomic_write_text(out_path, html_page("vitslim comparison", text) if out_path.suffix == ".html" else text)
         click.echo(f"wrote {out_path}")
+
+
+cli.add_command(sweep)
 
 
 def main() -> None:

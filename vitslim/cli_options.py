@@ -167,6 +167,38 @@ def alone_option(default: str) -> Callable[[Callable], Callable]:
     )
 
 
+def executor_options(command: Callable) -> Callable:
+    """--executor, --ray-address, --workers: where evaluations run (sharded on Ray)."""
+    for decorator in reversed(
+        [
+            click.option(
+                "--executor",
+                type=click.Choice(["local", "ray"]),
+                default="local",
+                show_default=True,
+                help="ray: split the evaluation images over Ray workers and merge the outputs exactly.",
+            ),
+            click.option(
+                "--ray-address", help="An existing Ray cluster (e.g. ray://head:10001); default: a local one."
+            ),
+            click.option(
+                "--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Shards (0: one per CPU)."
+            ),
+        ]
+    ):
+        command = decorator(command)
+    return command
+
+
+def executor_of(executor: str, ray_address: str | None) -> Any:
+    """The executor of --executor (None for local: evaluations stay in this process)."""
+    if executor == "local" and not ray_address:
+        return None
+    from vitslim.executors import make_executor
+
+    return make_executor(executor, ray_address)
+
+
 def json_option(command: Callable) -> Callable:
     return click.option(
         "--json",

@@ -31,6 +31,8 @@ from vitslim.evaluate.latency import (
     torch_threads,
 )
 from vitslim.evaluate.openvino_runtime import require_openvino
+from vitslim.evaluate.sharded import OrtRunnerFactory, Sharding, TorchRunnerFactory, evaluate_sharded, shards_of
+from vitslim.executors import Executor
 from vitslim.export.manifest import precision_table
 from vitslim.export.onnx_export import DEFAULT_OPSET, save_onnx, trace_onnx, with_weights
 from vitslim.export.qdq import QDQ_OPSET, export_quantized_onnx
@@ -63,6 +65,10 @@ class EvalData:
     batches: DataLoader
     labelled: bool
     skipped: int
+    #: the preprocessing (timm data config) the batches were made with
+    data_config: dict[str, Any] = field(default_factory=dict)
+    #: when set, evaluations run shard by shard on an executor (:func:`shard_eval_data`)
+    sharding: Sharding | None = None
 
     @property
     def samples(self) -> int:
@@ -84,7 +90,17 @@ def load_eval_data(loaded: LoadedModel, spec: str | None, limit: int | None, see
         raise UserError(f"--data is required for model {loaded.name} (an image folder)")
     dataset = load_dataset(spec, transform=build_transform(loaded.data_config))
     batches = make_loader(dataset, batch_size=batch_size, limit=limit, seed=seed)
-    return EvalData(spec, batches, bool(getattr(dataset, "labelled", False)), len(getattr(dataset, "skipped", [])))
+    labelled, skipped = bool(getattr(dataset, "labelled", False)), len(getattr(dataset, "skipped", []))
+    return EvalData(spec, batches, labelled, skipped, dict(loaded.data_config))
+
+
+def shard_eval_data(data: EvalData, executor: Executor, workers: int, task_threads: int = 1) -> EvalData:
+    """``data`` evaluated from now on in up to ``workers`` shards on ``executor`` (merged exactly:
+    :mod:`vitslim.evaluate.sharded`), each task with ``task_threads`` threads."""
+    indices = list(data.batches.dataset.indices)  # type: ignore[attr-defined]
+    shards = shards_of(data.name, data.data_config, indices, data.batches.batch_size or 1, workers)
+    data.sharding = Sharding(executor, shards, task_threads)
+    return data
 
 
 def _scores_text(scores: dict) -> str:
@@ -95,6 +111,11 @@ def _scores_text(scores: dict) -> str:
 
 
 def evaluate_torch(model: torch.nn.Module, data: EvalData, threads: int, progress: bool = True) -> Outputs:
+    """``model``'s outputs on ``data`` (shard by shard when ``data`` is sharded; a model on a GPU
+    stays here)."""
+    if data.sharding is not None and module_device(model).type == "cpu":
+        factory = TorchRunnerFactory(model, data.sharding.task_threads)
+        return evaluate_sharded(factory, data.sharding.shards, data.sharding.executor)
     with torch_threads(resolve_threads(threads)):
         return collect_outputs(torch_runner(model), data.batches, desc="evaluate pytorch", progress=progress)
 
@@ -102,6 +123,11 @@ def evaluate_torch(model: torch.nn.Module, data: EvalData, threads: int, progres
 def evaluate_onnx(
     path: str | Path, data: EvalData, threads: int, progress: bool = True, providers: list | None = None
 ) -> Outputs:
+    """ONNX Runtime's outputs of the model at ``path`` on ``data`` (shard by shard when ``data`` is
+    sharded and the CPU provider runs it)."""
+    if data.sharding is not None and providers in (None, ["CPUExecutionProvider"]):
+        factory = OrtRunnerFactory(Path(path).read_bytes(), data.sharding.task_threads)
+        return evaluate_sharded(factory, data.sharding.shards, data.sharding.executor)
     runner = ort_runner(str(path), threads=resolve_threads(threads), providers=providers)
     return collect_outputs(runner, data.batches, desc="evaluate onnxruntime", progress=progress)
 

@@ -22,10 +22,18 @@ from vitslim.errors import UserError
 from vitslim.evaluate.accuracy import Outputs
 from vitslim.evaluate.device import resolve_device
 from vitslim.evaluate.latency import DEFAULT_RUNS, DEFAULT_WARMUP
+from vitslim.executors import Executor
 from vitslim.export.manifest import write_manifest
 from vitslim.export.validate import ValidateStage, validate_exports
 from vitslim.files import staged_output_dir
-from vitslim.measure import MeasureSettings, load_eval_data, measure_variant, noise_floor, report_header
+from vitslim.measure import (
+    MeasureSettings,
+    load_eval_data,
+    measure_variant,
+    noise_floor,
+    report_header,
+    shard_eval_data,
+)
 from vitslim.models import LoadedModel
 from vitslim.preflight import preflight
 from vitslim.recipes import Recipe
@@ -266,6 +274,8 @@ def compress(
     alone: Sequence[str] = (),
     runtimes: Sequence[str] = ("pytorch", "onnxruntime"),
     target: str | None = None,
+    executor: Executor | None = None,
+    workers: int = 0,
 ) -> dict:
     """Run ``recipe`` on ``loaded`` and write report.json, report.md, report.html, manifest.json and
     one ONNX model per variant into ``out`` (``model_<variant>.failed.onnx`` when it failed the
@@ -278,14 +288,18 @@ def compress(
     applied alone to the uncompressed model and measured (variants ``<stage>-alone``, after fp32).
     ``runtimes``: whose latency is measured (``pytorch``, ``onnxruntime``, ``openvino``: the latter
     also writes and evaluates every variant as OpenVINO IR). ``target`` (``cpu``, ``gpu``): drop the
-    recipe's stages that cannot pay there (:meth:`Recipe.for_target`), said in the report. Returns
-    the report dict."""
+    recipe's stages that cannot pay there (:meth:`Recipe.for_target`), said in the report.
+    ``executor`` (e.g. a :class:`~vitslim.executors.RayExecutor`): PyTorch and ONNX Runtime
+    evaluations run in ``workers`` shards on it (0: as many as it has room for), merged exactly.
+    Returns the report dict."""
     torch_device = resolve_device(device)
     dropped: dict[str, str] = {}
     if target is not None:
         recipe, dropped = recipe.for_target(target)
     with staged_output_dir(out, overwrite=overwrite) as staging:
         eval_data = load_eval_data(loaded, data, limit, seed, eval_batch_size)
+        if executor is not None:
+            shard_eval_data(eval_data, executor, workers or executor.capacity(), executor.cpus)
         log.info(
             "%s, recipe %s on %s: %d images of %s",
             loaded.name,

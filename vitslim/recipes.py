@@ -143,20 +143,26 @@ def _read_yaml(path: Path) -> Any:
         raise UserError(f"cannot read recipe {path}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
-def load_recipe(name_or_path: str | Path) -> Recipe:
-    """A built-in recipe by name (see :func:`list_recipes`) or a recipe from a YAML file."""
+def recipe_source(name_or_path: str | Path) -> tuple[Any, str, str]:
+    """The YAML mapping of a built-in recipe (by name) or a recipe file, as written (not yet
+    checked), with its source and default name: what :func:`load_recipe` parses."""
     text = str(name_or_path)
     builtins = builtin_recipes()
     if text in builtins:
         path = builtins[text]
-        return parse_recipe(_read_yaml(path), path.name, path.stem)
+        return _read_yaml(path), path.name, path.stem
     path = Path(text)
     if path.suffix in RECIPE_SUFFIXES or path.exists() or len(path.parts) > 1:
         if not path.is_file():
             raise UserError(f"recipe file {path} does not exist")
-        return parse_recipe(_read_yaml(path), str(path), path.stem)
+        return _read_yaml(path), str(path), path.stem
     hint = suggest(text, builtins) or ";"
     raise UserError(
         f"unknown recipe {text!r}{hint} built-in recipes: {', '.join(builtins) or 'none found'} "
         "(or give the path of a .yaml file)"
     )
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """A built-in recipe by name (see :func:`list_recipes`) or a recipe from a YAML file."""
+    return parse_recipe(*recipe_source(name_or_path))

@@ -38,8 +38,9 @@ def torch_runner(model: torch.nn.Module) -> Runner:
     return run
 
 
-def ort_runner(path: str, threads: int = 0, providers: list | None = None) -> Runner:
-    """Run an exported ONNX model in ONNX Runtime (CPU unless ``providers`` say otherwise)."""
+def ort_runner(path: str | bytes, threads: int = 0, providers: list | None = None) -> Runner:
+    """Run an exported ONNX model (a file, or its bytes) in ONNX Runtime (CPU unless ``providers``
+    say otherwise)."""
     from vitslim.evaluate.runtimes import ort_session
 
     session = ort_session(path, threads=threads, providers=providers)

@@ -14,6 +14,8 @@ restore (:func:`outer_patch`).
 from __future__ import annotations
 
 import contextlib
+import copyreg
+import importlib
 import sys
 from collections.abc import Iterator
 from typing import Protocol
@@ -27,6 +29,7 @@ __all__ = [
     "QUANT_PATCH",
     "OUTER_PATCH",
     "OuterPatch",
+    "PatchedClass",
     "patched_class",
     "restore_class",
     "unpatched_class",
@@ -42,6 +45,8 @@ TOKEN_PATCH = "_tr_original_class"
 QUANT_PATCH = "_vq_original_class"
 #: Model attribute holding the outer patch's state (see :class:`OuterPatch`).
 OUTER_PATCH = "_vs_outer_patch"
+#: Class attribute of a generated class: how to rebuild it (marker, prefix, home module).
+_RECIPE = "_vs_patch_recipe"
 
 
 class OuterPatch(Protocol):
@@ -60,6 +65,13 @@ class OuterPatch(Protocol):
         """Apply the same patch to ``model`` again."""
 
 
+class PatchedClass(type):
+    """Metaclass of the generated ``mixin + original`` classes. A generated class lives on its
+    ``home`` module only once the patch has run in the process, so pickle's by-name lookup fails in
+    a fresh process (a Ray worker): these classes pickle as their recipe and are rebuilt there by
+    :func:`patched_class` (nested patches rebuild recursively)."""
+
+
 def patched_class(cls: type, mixin: type, marker: str, prefix: str, home: str) -> type:
     """The generated subclass ``mixin + cls`` marked with ``marker`` (``cls`` itself when it is
     one already), cached as ``<prefix>_<class path>`` on the module ``home`` so models stay
@@ -70,9 +82,24 @@ def patched_class(cls: type, mixin: type, marker: str, prefix: str, home: str) -
     module = sys.modules[home]
     new = getattr(module, name, None)
     if new is None or vars(new).get(marker) is not cls:
-        new = type(name, (mixin, cls), {marker: cls, "__module__": home, "__qualname__": name})
+        namespace = {marker: cls, _RECIPE: (marker, prefix, home), "__module__": home, "__qualname__": name}
+        new = PatchedClass(name, (mixin, cls), namespace)
         setattr(module, name, new)
     return new
+
+
+def _rebuild(home: str, cls: type, mixin: type, marker: str, prefix: str) -> type:
+    importlib.import_module(home)  # the patch's module, where its mixins live
+    return patched_class(cls, mixin, marker, prefix, home)
+
+
+def _reduce(new: PatchedClass) -> tuple:
+    mixin, cls = new.__bases__
+    marker, prefix, home = vars(new)[_RECIPE]
+    return _rebuild, (home, cls, mixin, marker, prefix)
+
+
+copyreg.pickle(PatchedClass, _reduce)
 
 
 def restore_class(module: nn.Module, marker: str) -> None:

@@ -1,0 +1,131 @@
+"""The sweep's combined report: sweep.json, sweep.md and a self-contained sweep.html with the
+accuracy/latency plot (every candidate, the Pareto front joined, the chosen one marked)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import markdown
+
+from vitslim.files import atomic_write_json, atomic_write_text
+from vitslim.report.markdown import device_line, fmt_mb, fmt_pct, md_table
+
+__all__ = ["render_sweep_markdown", "pareto_png", "write_sweep_report"]
+
+
+def _latency_cells(row: dict, batches: list[str]) -> list[str]:
+    """``p50 (speed-up)`` per batch size; the reference row (no speed-ups) is 1.00x."""
+    cells = []
+    for batch in batches:
+        entry = row.get("latency", {}).get(batch)
+        speed = row["speedup"].get(batch) if "speedup" in row else 1.0
+        cells.append("n/a" if entry is None or speed is None else f"{entry['p50_ms']:.2f} ({speed:.2f}x)")
+    return cells
+
+
+def render_sweep_markdown(sweep: dict) -> str:
+    """A readable summary: settings, one row per candidate, the Pareto front and the choice."""
+    settings, summary = sweep["settings"], sweep["summary"]
+    batches = [str(b) for b in settings["batch_sizes"]]
+    lines = [
+        f"# vitslim sweep: {sweep['model']['name']}",
+        "",
+        f"- **Command**: `{sweep['command']}`",
+        f"- **Data**: {sweep['data']['name']}, {sweep['data']['samples']} samples",
+        f"- **Candidates ran on**: {settings['executor']}"
+        + (f" ({settings['ray_address']})" if settings.get("ray_address") else "")
+        + f", wall time {sweep['seconds']['candidates']:.0f} s"
+        + (f" (kept from an earlier run: {', '.join(sweep['resumed'])})" if sweep.get("resumed") else ""),
+        f"- **Latency**: {settings['runtime']} on {device_line(sweep['environment'])}; {settings['threads']} "
+        f"threads, every candidate timed interleaved on this machine after the others finished "
+        f"({settings['rounds']} rounds), p50, speed-up against fp32 in the same run",
+        "",
+    ]
+    header = ["candidate", "status", "top-1", "Δ pt vs fp32", "agreement vs fp32", "size", "tokens after last block"]
+    header += [f"p50 ms b{b} (speed-up)" for b in batches]
+    fp32 = summary["fp32"] or {}
+    rows = [["fp32", "reference", fmt_pct(fp32.get("top1")), "—", "100.00%", "", ""] + _latency_cells(fp32, batches)]
+    for row in summary["candidates"]:
+        if row["status"] == "failed":
+            rows.append([row["name"], f"failed: {row['error']}"] + [""] * (len(header) - 2))
+            continue
+        rows.append(
+            [
+                row["name"],
+                row["status"],
+                fmt_pct(row["top1"]),
+                f"{0.0 - row['drop']:+.2f}",
+                fmt_pct(row["agreement"]),
+                fmt_mb(row["size_bytes"]),
+                str(row["tokens_after"]),
+                *_latency_cells(row, batches),
+            ]
+        )
+    lines += md_table(header, rows)
+    front = ", ".join(summary["pareto"]) or "none"
+    bound = "any drop" if settings["max_drop"] is None else f"a drop of at most {settings['max_drop']:g} pt"
+    best = summary["best"] or "none (no finished, validated candidate within the bound)"
+    lines += ["", f"Pareto front (faster or better than every other, batch {summary['decided_on_batch']}): {front}."]
+    lines += ["", f"**Fastest candidate with {bound} and every export validated: {best}.**"]
+    lines += ["", "Each candidate's own report (every stage, validation, the exported files) is in its folder."]
+    return "\n".join(lines) + "\n"
+
+
+def pareto_png(sweep: dict) -> bytes | None:
+    """Quality against p50 latency at the deciding batch size; None without finished candidates."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = sweep["summary"]
+    batch = summary["decided_on_batch"]
+    points = {
+        r["name"]: (r["latency"][batch]["p50_ms"], r["quality"])
+        for r in summary["candidates"]
+        if r["status"] != "failed" and batch in r.get("latency", {})
+    }
+    fp32 = summary["fp32"]
+    if fp32 and batch in fp32["latency"]:
+        points["fp32"] = (fp32["latency"][batch]["p50_ms"], fp32["quality"])
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, (ms, quality) in points.items():
+        ax.scatter(ms, quality, color="tab:red" if name == summary["best"] else "tab:blue", zorder=3)
+        ax.annotate(name, (ms, quality), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    front = [points[n] for n in summary["pareto"] if n in points]
+    ax.plot([p[0] for p in front], [p[1] for p in front], color="tab:gray", linestyle="--", label="Pareto front")
+    settings = sweep["settings"]
+    ax.set_xlabel(f"{settings['runtime']} p50 latency, batch {batch}, {settings['threads']} threads (ms)")
+    ax.set_ylabel("top-1 (%)" if fp32 and fp32.get("top1") is not None else "agreement with fp32 (%)")
+    ax.set_title(f"{sweep['model']['name']}: {sweep['data']['name']}, {sweep['data']['samples']} images", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_sweep_report(out: Path, sweep: dict) -> None:
+    """sweep.json, sweep.md and sweep.html (with the plot) into ``out``."""
+    text = render_sweep_markdown(sweep)
+    atomic_write_json(out / "sweep.json", sweep)
+    atomic_write_text(out / "sweep.md", text)
+    png = pareto_png(sweep)
+    figure = (
+        ""
+        if png is None
+        else f'<img alt="accuracy against latency" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+    )
+    title = html.escape(f"vitslim sweep: {sweep['model']['name']}")
+    page = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title></head><body>'
+        f"{markdown.markdown(text, extensions=['tables'])}{figure}</body></html>\n"
+    )
+    atomic_write_text(out / "sweep.html", page)
