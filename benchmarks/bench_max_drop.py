@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -36,20 +37,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SEARCH = "minmax"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--limit", type=int, default=500, help="Fashion-MNIST test images (seeded sample)")
-    parser.add_argument("--calib", type=int, default=64, help="Fashion-MNIST train images (half held out)")
-    parser.add_argument("--max-drop", type=float, default=1.0, help="accuracy bound in top-1 points")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out-dir", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    torch.set_num_threads(resolve_threads(args.threads))
-    loaded = load_model("demo")
-    model = loaded.model.eval()
-    train = load_dataset("fashion-mnist:train", transform=build_transform(loaded.data_config))
-    calib, labels = images_and_labels(make_loader(train, batch_size=32, limit=args.calib, seed=0))
-    base = QuantConfig.preset("w8a8")
+def _plans(model: torch.nn.Module, base: QuantConfig, calib: list, labels: list, max_drop: float) -> tuple[list, Any]:
+    """Time a 4.5-bit budget plan and search a ``max_drop`` plan (one sensitivity cache); the rows
+    and the bounded plan."""
     rows = []
     with tempfile.TemporaryDirectory() as cache:
         t0, c0 = time.perf_counter(), time.process_time()
@@ -75,22 +65,69 @@ def main() -> None:
         bounded = plan_mixed_precision(
             model,
             base,
-            {"max_drop": args.max_drop},
+            {"max_drop": max_drop},
             [(calib, labels)],
             cache_dir=cache,
             progress=True,
             quantize_options={"search": SEARCH},
         )
-        drop = bounded.meta["drop"]
         rows.append(
             {
-                "plan": f"max_drop {args.max_drop:g} pt",
+                "plan": f"max_drop {max_drop:g} pt",
                 "seconds": time.perf_counter() - t0,
                 "avg_weight_bits": bounded.meta["costs"]["avg_weight_bits"],
-                "drop_on_held_out_calibration": drop["measured"],
-                "held_out_images": drop["held_out_images"],
+                "drop_on_held_out_calibration": bounded.meta["drop"]["measured"],
+                "held_out_images": bounded.meta["drop"]["held_out_images"],
             }
         )
+    return rows, bounded
+
+
+def _markdown(result: dict, calib_images: int, test_images: int) -> list[str]:
+    lines = [
+        "# Mixed precision with an accuracy bound on the demo model",
+        "",
+        f"- **Command**: `{result['command']}`",
+        f"- **Machine**: {device_line(result['environment'])}",
+        f"- **Data**: {calib_images} Fashion-MNIST train images for calibration (the drop search holds out half);"
+        f" test: {test_images} seeded Fashion-MNIST test images; activations uniform 8-bit, {SEARCH} ranges",
+        f"- **Created**: {result['created']}",
+        "",
+        "| plan | avg weight bits | search s | drop on held-out calibration (pt) | test top-1 | fp32 test top-1 "
+        "| test drop (pt) | bound holds on test |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        tested = "test_top1" in r
+        cells = [
+            r["plan"],
+            f"{r['avg_weight_bits']:.2f}",
+            f"{r['seconds']:.0f}",
+            f"{r['drop_on_held_out_calibration']:.2f}" if "drop_on_held_out_calibration" in r else "",
+            f"{100 * r['test_top1']:.2f}%" if tested else "",
+            f"{100 * r['fp32_test_top1']:.2f}%" if tested else "",
+            f"{r['test_drop']:.2f}" if tested else "",
+            str(r["holds"]) if tested else "",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, default=500, help="Fashion-MNIST test images (seeded sample)")
+    parser.add_argument("--calib", type=int, default=64, help="Fashion-MNIST train images (half held out)")
+    parser.add_argument("--max-drop", type=float, default=1.0, help="accuracy bound in top-1 points")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    torch.set_num_threads(resolve_threads(args.threads))
+    loaded = load_model("demo")
+    model = loaded.model.eval()
+    train = load_dataset("fashion-mnist:train", transform=build_transform(loaded.data_config))
+    calib, labels = images_and_labels(make_loader(train, batch_size=32, limit=args.calib, seed=0))
+    base = QuantConfig.preset("w8a8")
+    rows, bounded = _plans(model, base, calib, labels, args.max_drop)
     data = load_eval_data(loaded, None, args.limit, seed=0, batch_size=32)
     fp32 = evaluate_torch(model, data, args.threads, progress=False)
     qmodel = quantize_(copy.deepcopy(model), bounded.to_quant_config(base), [calib], search=SEARCH, progress=False)
@@ -106,32 +143,7 @@ def main() -> None:
         "data": {"test": data.describe(), "calibration_images": args.calib},
         "rows": rows,
     }
-    lines = [
-        "# Mixed precision with an accuracy bound on the demo model",
-        "",
-        f"- **Command**: `{result['command']}`",
-        f"- **Machine**: {device_line(result['environment'])}",
-        f"- **Data**: {args.calib} Fashion-MNIST train images for calibration (the drop search holds out half);"
-        f" test: {data.samples} seeded Fashion-MNIST test images; activations uniform 8-bit, {SEARCH} ranges",
-        f"- **Created**: {result['created']}",
-        "",
-        "| plan | avg weight bits | search s | drop on held-out calibration (pt) | test top-1 | fp32 test top-1 "
-        "| test drop (pt) | bound holds on test |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        tested = "test_top1" in r
-        cells = [
-            r["plan"],
-            f"{r['avg_weight_bits']:.2f}",
-            f"{r['seconds']:.0f}",
-            f"{r['drop_on_held_out_calibration']:.2f}" if "drop_on_held_out_calibration" in r else "",
-            f"{100 * r['test_top1']:.2f}%" if tested else "",
-            f"{100 * r['fp32_test_top1']:.2f}%" if tested else "",
-            f"{r['test_drop']:.2f}" if tested else "",
-            str(r["holds"]) if tested else "",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines = _markdown(result, args.calib, data.samples)
     atomic_write_json(args.out_dir / "max_drop_demo.json", result)
     atomic_write_text(args.out_dir / "max_drop_demo.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
