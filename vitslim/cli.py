@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # torch and timm load only when a command runs: `vitslim --he
 
 #: exit code of `compress` when an exported variant failed validation (reports are still written)
 VALIDATION_FAILED = 4
-#: what `vitslim demo` runs, on how many test images (5-6 minutes on a 2-core VM, README)
+#: what `vitslim demo` runs, on how many test images (3-10 minutes on a 2-core VM: docs/benchmarks.md)
 DEMO_RECIPE = "full"
 DEMO_LIMIT = 100
 
