@@ -152,3 +152,35 @@ def sensitivity(report: dict) -> bytes | None:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         return _png(fig)
+
+
+def pareto_front(sweep: dict) -> bytes | None:
+    """A sweep's quality against p50 latency at its deciding batch size, the Pareto front joined and
+    the chosen candidate marked; None without finished candidates."""
+    summary = sweep["summary"]
+    batch = summary["decided_on_batch"]
+    points = {
+        r["name"]: (r["latency"][batch]["p50_ms"], r["quality"])
+        for r in summary["candidates"]
+        if r["status"] != "failed" and batch in r.get("latency", {})
+    }
+    fp32 = summary["fp32"]
+    if fp32 and batch in fp32["latency"]:
+        points["fp32"] = (fp32["latency"][batch]["p50_ms"], fp32["quality"])
+    if not points:
+        return None
+    with _figure(7.0, 4.5) as (fig, ax):
+        for name, (ms, quality) in points.items():
+            ax.scatter(ms, quality, color="tab:red" if name == summary["best"] else "tab:blue", zorder=3)
+            ax.annotate(name, (ms, quality), textcoords="offset points", xytext=(4, 4), fontsize=8, rotation=25)
+        front = [points[n] for n in summary["pareto"] if n in points]
+        ax.plot([p[0] for p in front], [p[1] for p in front], color="tab:gray", linestyle="--", label="Pareto front")
+        settings = sweep["settings"]
+        ax.set_xlabel(f"{settings['runtime']} p50 latency, batch {batch}, {settings['threads']} threads (ms)")
+        ax.set_ylabel("top-1 (%)" if fp32 and fp32.get("top1") is not None else "agreement with fp32 (%)")
+        data = sweep["data"]
+        ax.set_title(f"{sweep['model']['name']}: {data['name']}, {data['samples']} images", fontsize=9)
+        ax.margins(x=0.12, y=0.3)  # room for the labels
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        return _png(fig)

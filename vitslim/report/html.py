@@ -51,12 +51,14 @@ def html_page(title: str, text: str, extra: str = "") -> str:
     )
 
 
+def figure_html(caption: str, png: bytes) -> str:
+    """A captioned ``<figure>`` with ``png`` embedded as a data URI."""
+    src, text = f"data:image/png;base64,{base64.b64encode(png).decode()}", html.escape(caption)
+    return f'<figure><img alt="{text}" src="{src}"><figcaption>{text}</figcaption></figure>'
+
+
 def render_html(report: dict) -> str:
     """The whole report as one HTML page (its summary first) with its figures embedded as data URIs."""
-    figs = "".join(
-        f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-        for caption, png in report_figures(report)
-    )
+    figs = "".join(figure_html(caption, png) for caption, png in report_figures(report))
     section = f"<h2>Figures</h2>{figs}" if figs else ""
     return html_page(f"vitslim report: {report['model']['name']}", render_markdown(report), section)

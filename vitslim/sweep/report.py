@@ -3,17 +3,14 @@ accuracy/latency plot (every candidate, the Pareto front joined, the chosen one 
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 from pathlib import Path
 
-import markdown
-
 from vitslim.files import atomic_write_json, atomic_write_text
+from vitslim.report.figures import pareto_front
+from vitslim.report.html import figure_html, html_page
 from vitslim.report.markdown import device_line, fmt_mb, fmt_pct, md_table
 
-__all__ = ["render_sweep_markdown", "pareto_png", "write_sweep_report"]
+__all__ = ["render_sweep_markdown", "write_sweep_report"]
 
 
 def _latency_cells(row: dict, batches: list[str]) -> list[str]:
@@ -74,58 +71,11 @@ def render_sweep_markdown(sweep: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def pareto_png(sweep: dict) -> bytes | None:
-    """Quality against p50 latency at the deciding batch size; None without finished candidates."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    summary = sweep["summary"]
-    batch = summary["decided_on_batch"]
-    points = {
-        r["name"]: (r["latency"][batch]["p50_ms"], r["quality"])
-        for r in summary["candidates"]
-        if r["status"] != "failed" and batch in r.get("latency", {})
-    }
-    fp32 = summary["fp32"]
-    if fp32 and batch in fp32["latency"]:
-        points["fp32"] = (fp32["latency"][batch]["p50_ms"], fp32["quality"])
-    if not points:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, (ms, quality) in points.items():
-        ax.scatter(ms, quality, color="tab:red" if name == summary["best"] else "tab:blue", zorder=3)
-        ax.annotate(name, (ms, quality), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    front = [points[n] for n in summary["pareto"] if n in points]
-    ax.plot([p[0] for p in front], [p[1] for p in front], color="tab:gray", linestyle="--", label="Pareto front")
-    settings = sweep["settings"]
-    ax.set_xlabel(f"{settings['runtime']} p50 latency, batch {batch}, {settings['threads']} threads (ms)")
-    ax.set_ylabel("top-1 (%)" if fp32 and fp32.get("top1") is not None else "agreement with fp32 (%)")
-    ax.set_title(f"{sweep['model']['name']}: {sweep['data']['name']}, {sweep['data']['samples']} images", fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
-
-
 def write_sweep_report(out: Path, sweep: dict) -> None:
     """sweep.json, sweep.md and sweep.html (with the plot) into ``out``."""
     text = render_sweep_markdown(sweep)
     atomic_write_json(out / "sweep.json", sweep)
     atomic_write_text(out / "sweep.md", text)
-    png = pareto_png(sweep)
-    figure = (
-        ""
-        if png is None
-        else f'<img alt="accuracy against latency" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-    )
-    title = html.escape(f"vitslim sweep: {sweep['model']['name']}")
-    page = (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title></head><body>'
-        f"{markdown.markdown(text, extensions=['tables'])}{figure}</body></html>\n"
-    )
-    atomic_write_text(out / "sweep.html", page)
+    png = pareto_front(sweep)
+    figure = "" if png is None else figure_html("Accuracy against latency of every candidate.", png)
+    atomic_write_text(out / "sweep.html", html_page(f"vitslim sweep: {sweep['model']['name']}", text, figure))
