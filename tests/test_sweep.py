@@ -154,6 +154,24 @@ def test_executor_errors_are_user_errors() -> None:
         make_executor("dask")
 
 
+@pytest.mark.parametrize("auth_mode", [None, "token"])
+def test_joining_a_cluster_that_refuses_says_why(monkeypatch: pytest.MonkeyPatch, auth_mode: str | None) -> None:
+    ray = pytest.importorskip("ray")
+
+    def refuse(**_: object) -> None:
+        raise ConnectionError("ray client connection timeout")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    if auth_mode is None:
+        monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    else:
+        monkeypatch.setenv("RAY_AUTH_MODE", auth_mode)
+    with pytest.raises(UserError, match="cannot start or join the Ray cluster at ray://head:10001") as caught:
+        make_executor("ray", "ray://head:10001")
+    assert ("RAY_AUTH_MODE=token" in str(caught.value)) == (auth_mode is None)
+
+
 # --------------------------------------------------------------------------- the sweep
 
 

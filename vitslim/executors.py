@@ -20,6 +20,14 @@ __all__ = ["Executor", "LocalExecutor", "RayExecutor", "make_executor", "require
 EXECUTORS = ("local", "ray")
 
 
+#: why joining an existing cluster may fail: it wants a token (as `ray start` makes it in Ray 2.60)
+AUTH_HINT = (
+    " (a cluster with token authentication, the default of `ray start --head` in Ray 2.60, needs "
+    "RAY_AUTH_MODE=token here and its token in ~/.ray/auth_token or RAY_AUTH_TOKEN: `ray get-auth-token` "
+    "on the head node)"
+)
+
+
 class Executor(Protocol):
     name: str
     #: CPUs (threads) each task gets
@@ -86,7 +94,8 @@ class RayExecutor:
                 )
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
-                raise UserError(f"cannot start or join {where}: {str(exc).splitlines()[0]}") from None
+                hint = "" if os.environ.get("RAY_AUTH_MODE") or not address else AUTH_HINT
+                raise UserError(f"cannot start or join {where}: {str(exc).splitlines()[0]}{hint}") from None
         self.address = ray.get_runtime_context().gcs_address
 
     def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
