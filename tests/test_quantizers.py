@@ -302,7 +302,7 @@ def test_twin_uniform_ranges():
 def test_log_quantizers_and_tanq_beat_4bit_uniform_on_softmax():
     """Softmax of Gaussian logits (sigma=2) over 197 tokens, 4 bits: every non-uniform
     post-softmax quantizer has a lower MSE than uniform (minmax and MSE-searched).
-    (Not true for every distribution: with sigma=5 log2/logsqrt2 lose, see README.)"""
+    (Not true for every distribution: with sigma=5 log2/logsqrt2 lose to it.)"""
     x = softmax_data(7, 2.0, rows=4)
     mse = {name: create_quantizer(name, bits=4).calibrate(x).mse(x) for name in UNSIGNED}
     uni_minmax = create_quantizer("uniform", bits=4, method="minmax").calibrate(x).mse(x)
