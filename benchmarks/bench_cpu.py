@@ -28,9 +28,7 @@ Writes cpu_demo.{json,md} into --out-dir (default benchmarks/results).
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.util
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,16 +37,16 @@ from typing import Any
 import numpy as np
 import torch
 from bench_export import INTEGER_KERNELS, calibration_batches, ort_quantize_static, ort_quantizer_input
+from run_header import run_header
 
 from vitslim.evaluate.accuracy import Outputs, collect_outputs, ort_runner, score
-from vitslim.evaluate.environment import environment
 from vitslim.evaluate.interleaved import runtime_call, summarize, time_interleaved
 from vitslim.evaluate.openvino_runtime import execution_precision, int8_layers, ov_compile, ov_runner
 from vitslim.evaluate.runtimes import ort_runtime_ops
 from vitslim.export.openvino_ir import ir_files, save_openvino_ir
 from vitslim.export.validate import ValidateStage, judge, parity_of
 from vitslim.files import atomic_write_json, atomic_write_text
-from vitslim.measure import EvalData, evaluate_torch, export_variant, load_eval_data, model_summary, noise_floor
+from vitslim.measure import EvalData, evaluate_torch, export_variant, load_eval_data, noise_floor
 from vitslim.models import LoadedModel, load_model
 from vitslim.pipeline import StageContext, build_variants
 from vitslim.recipes import load_recipe, parse_recipe
@@ -336,11 +334,8 @@ def main() -> None:
     loaded = load_model("demo")
     data = load_eval_data(loaded, None, args.limit, seed=0, batch_size=16)
     result = {
-        "command": "python benchmarks/bench_cpu.py " + " ".join(sys.argv[1:]),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model": model_summary(loaded),
+        **run_header(__file__, loaded),
         "data": data.describe(),
-        "environment": environment(),
         "benchmark": {
             "threads": args.threads,
             "batch_sizes": list(BATCH_SIZES),

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,11 +36,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from run_header import run_header
 
 from vitslim.calib import build_transform, load_dataset, make_loader
 from vitslim.compress.quant import QuantConfig, quantize_
 from vitslim.compress.tokens import TokenMergeConfig, apply_token_reduction
-from vitslim.evaluate.environment import environment
 from vitslim.evaluate.latency import DEFAULT_WARMUP, bench_ort, resolve_threads, torch_threads
 from vitslim.evaluate.runtimes import ort_runtime_ops
 from vitslim.export.onnx_export import DEFAULT_OPSET, export_onnx
@@ -54,7 +52,6 @@ from vitslim.measure import (
     evaluate_onnx,
     evaluate_torch,
     load_eval_data,
-    model_summary,
     noise_floor,
     score,
 )
@@ -283,11 +280,8 @@ def main() -> None:
     data = load_eval_data(loaded, None, args.limit, seed=0, batch_size=32)
     calib = calibration_batches(loaded, args.calib_images, seed=0)
     result = {
-        "command": "python benchmarks/bench_export.py " + " ".join(sys.argv[1:]),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model": model_summary(loaded),
+        **run_header(__file__, loaded),
         "data": data.describe(),
-        "environment": environment(),
         "benchmark": {
             "runtime": "onnxruntime",
             "threads": resolve_threads(args.threads),

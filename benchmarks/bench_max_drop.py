@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import sys
 import tempfile
 import time
@@ -21,15 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from run_header import run_header
 
 from vitslim.calib import build_transform, load_dataset, make_loader
 from vitslim.compress.quant import QuantConfig, quantize_
 from vitslim.compress.quant.mixed import plan_mixed_precision
 from vitslim.compress.quant.mixed.search import images_and_labels
-from vitslim.evaluate.environment import environment
 from vitslim.evaluate.latency import resolve_threads
 from vitslim.files import atomic_write_json, atomic_write_text
-from vitslim.measure import evaluate_torch, load_eval_data, model_summary, score
+from vitslim.measure import evaluate_torch, load_eval_data, score
 from vitslim.models import load_model
 from vitslim.report.markdown import device_line
 
@@ -136,10 +135,7 @@ def main() -> None:
     rows[-1].update(test_top1=scored["top1"], fp32_test_top1=fp32_top1, test_drop=100 * (fp32_top1 - scored["top1"]))
     rows[-1]["holds"] = rows[-1]["test_drop"] <= args.max_drop
     result = {
-        "command": "python benchmarks/bench_max_drop.py " + " ".join(sys.argv[1:]),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model": model_summary(loaded),
-        "environment": environment(),
+        **run_header(__file__, loaded),
         "data": {"test": data.describe(), "calibration_images": args.calib},
         "rows": rows,
     }

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from run_header import run_header
 
 from vitslim.calib import build_transform, load_dataset, make_loader
 from vitslim.compress.quant import QuantConfig, quantize_
@@ -36,10 +35,9 @@ from vitslim.compress.quant.mixed import (
 )
 from vitslim.compress.quant.mixed.search import images_and_labels
 from vitslim.compress.quant.search import SEARCHES
-from vitslim.evaluate.environment import environment
 from vitslim.evaluate.latency import resolve_threads
 from vitslim.files import atomic_write_json, atomic_write_text
-from vitslim.measure import evaluate_torch, load_eval_data, model_summary, score
+from vitslim.measure import evaluate_torch, load_eval_data, score
 from vitslim.models import load_model
 from vitslim.report.markdown import device_line
 
@@ -106,9 +104,7 @@ def run(args: argparse.Namespace) -> dict:
         {"avg_weight_bits": b, "score": sum(table.weight[n][b] for n in table.layers)} for b in (3, 4, 5, 6, 8)
     ]
     return {
-        "command": "python benchmarks/bench_mixed.py " + " ".join(sys.argv[1:]),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model": model_summary(loaded),
+        **run_header(__file__, loaded),
         "data": {
             "eval": data.describe(),
             "calibration": {
@@ -117,7 +113,6 @@ def run(args: argparse.Namespace) -> dict:
                 "sensitivity_images": args.sens_images,
             },
         },
-        "environment": environment(),
         "settings": {
             "threads": resolve_threads(args.threads),
             "activations": f"uniform {ACT_BITS}-bit, {args.search} calibration",

@@ -20,17 +20,17 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import datetime
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from run_header import run_header
+
 from vitslim.compress.quant.stage import QuantStage, apply
-from vitslim.evaluate.environment import environment
 from vitslim.export.onnx_export import export_onnx
 from vitslim.files import atomic_write_json, atomic_write_text
-from vitslim.measure import evaluate_onnx, evaluate_torch, load_eval_data, model_summary, score
+from vitslim.measure import evaluate_onnx, evaluate_torch, load_eval_data, score
 from vitslim.models import load_model
 from vitslim.pipeline import StageContext
 from vitslim.recipes import list_recipes, load_recipe
@@ -120,16 +120,11 @@ def main(argv: list[str] | None = None) -> None:
 
 def write_results(args: argparse.Namespace, argv: list[str] | None, loaded, data, rows: list[dict]) -> None:
     """quant_demo.{json,md} in ``args.out_dir`` for the rows measured so far."""
-    command = "python benchmarks/bench_quant.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    env = environment()
     result = {
-        "command": command.strip(),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model": model_summary(loaded),
+        **run_header(__file__, loaded, argv),
         "data": data.describe(),
         "calibration": {"name": loaded.default_calib, "images": args.calib, "seed": args.seed},
         "threads": args.threads,
-        "environment": env,
         "rows": rows,
     }
     fp32 = rows[0]["top1"]
@@ -137,7 +132,7 @@ def write_results(args: argparse.Namespace, argv: list[str] | None, loaded, data
         "# Post-training quantization on the demo model",
         "",
         f"- **Command**: `{result['command']}`",
-        f"- **Machine**: {device_line(env)}",
+        f"- **Machine**: {device_line(result['environment'])}",
         f"- **Data**: {data.name}, {data.samples} samples (seed {args.seed}); evaluated in PyTorch (fake-quant), "
         "ONNX Runtime's own quantizer in ONNX Runtime",
         f"- **Calibration**: {loaded.default_calib}, {args.calib} images (seed {args.seed})",

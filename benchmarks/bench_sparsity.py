@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import io
 import sys
 import time
@@ -28,14 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from run_header import run_header
 
 from vitslim.calib import build_transform, load_dataset, make_loader
 from vitslim.compress.quant import QuantConfig, quantize_
 from vitslim.compress.sparsity import SparsityConfig, check_24, sparsify_
-from vitslim.evaluate.environment import environment
 from vitslim.evaluate.latency import resolve_threads, torch_threads
 from vitslim.files import atomic_write_json, atomic_write_text
-from vitslim.measure import EvalData, evaluate_torch, load_eval_data, model_summary, score
+from vitslim.measure import EvalData, evaluate_torch, load_eval_data, score
 from vitslim.models import LoadedModel, load_model
 from vitslim.report.markdown import device_line
 
@@ -198,11 +197,8 @@ def main() -> None:
     with torch_threads(resolve_threads(args.threads)):
         variants = run_variants(loaded, data, calib, args)
     result = {
-        "command": "python benchmarks/bench_sparsity.py " + " ".join(sys.argv[1:]),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model": model_summary(loaded),
+        **run_header(__file__, loaded),
         "data": data.describe(),
-        "environment": environment(),
         "benchmark": {
             "runtime": "pytorch",
             "threads": resolve_threads(args.threads),

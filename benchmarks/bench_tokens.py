@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
-import sys
 import tempfile
 from pathlib import Path
+
+from run_header import run_header
 
 from vitslim.compress.tokens import (
     TokenMergeConfig,
@@ -27,12 +27,11 @@ from vitslim.compress.tokens import (
     apply_token_reduction,
     estimate_flops,
 )
-from vitslim.evaluate.environment import environment
 from vitslim.evaluate.latency import DEFAULT_WARMUP, bench_ort, resolve_threads
 from vitslim.export.onnx_export import DEFAULT_OPSET, export_onnx
 from vitslim.export.validate import check_parity
 from vitslim.files import atomic_write_json, atomic_write_text, ensure_parent_dir
-from vitslim.measure import EvalData, evaluate_onnx, load_eval_data, model_summary, score
+from vitslim.measure import EvalData, evaluate_onnx, load_eval_data, score
 from vitslim.models import LoadedModel, load_model
 from vitslim.report.markdown import device_line
 
@@ -184,11 +183,8 @@ def main() -> None:
     loaded = load_model("demo")
     data = load_eval_data(loaded, None, args.limit, seed=0, batch_size=32)
     result = {
-        "command": "python benchmarks/bench_tokens.py " + " ".join(sys.argv[1:]),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model": model_summary(loaded),
+        **run_header(__file__, loaded),
         "data": data.describe(),
-        "environment": environment(),
         "benchmark": {
             "runtime": "onnxruntime",
             "threads": resolve_threads(args.threads),
