@@ -13,6 +13,7 @@ from vitslim import __version__
 from vitslim.cli_options import (
     alone_option,
     batch_sizes_option,
+    calib_option,
     command_line,
     configure_logging,
     data_options,
@@ -335,11 +336,7 @@ def demo(out_dir: Path, runtime: str, json_path: Path | None, **options: Any) ->
     help_text="Built-in recipe name (an unknown name lists them; see recipes/README.md) or a recipe .yaml file.",
 )
 @data_options
-@click.option(
-    "--calib",
-    help="Calibration images for stages that need them (sparsity, quant): an image folder (labels unused) or "
-    "fashion-mnist[:train|:test]; default: the demo model's Fashion-MNIST train split.",
-)
+@calib_option
 @batch_sizes_option
 @timing_options()
 @device_option

@@ -250,6 +250,12 @@ def data_options(command: Callable) -> Callable:
     return command
 
 
+calib_option = click.option(
+    "--calib",
+    help="Calibration images for stages that need them (sparsity, quant): an image folder (labels unused) or "
+    "fashion-mnist[:train|:test]; default: the demo model's Fashion-MNIST train split.",
+)
+
 target_option = click.option(
     "--target",
     type=click.Choice(TARGETS),

@@ -9,12 +9,13 @@ import click
 
 from vitslim.cli_options import (
     batch_sizes_option,
+    calib_option,
     command_line,
+    data_options,
     emit,
     json_option,
     model_options,
     show_progress,
-    threads_option,
 )
 
 if TYPE_CHECKING:
@@ -36,11 +37,8 @@ def _split(_ctx: click.Context, _param: click.Parameter, value: str) -> list[str
     help="stage.key=v1,v2 (repeatable): also run every recipe that has the stage with the key set to each "
     "value, e.g. tokens.r=8,16 or quant.mixed_precision.budget.avg_weight_bits=5,6.",
 )
-@click.option("--data", help="Evaluation images (image folder or fashion-mnist[:split]); default: the model's own.")
-@click.option("--calib", help="Calibration images; default: the model's own.")
-@click.option("--limit", type=click.IntRange(min=1), help="Evaluate a seeded sample of this many images.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Evaluation batch.")
+@data_options
+@calib_option
 @click.option(
     "--task-threads",
     type=click.IntRange(min=1),
@@ -48,7 +46,6 @@ def _split(_ctx: click.Context, _param: click.Parameter, value: str) -> list[str
     show_default=True,
     help="Threads (and Ray CPUs) of each candidate task, whatever the executor: the same figures either way.",
 )
-@threads_option
 @batch_sizes_option
 @click.option("--runtime", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime", show_default=True)
 @click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True, help="Interleaved timing rounds.")
