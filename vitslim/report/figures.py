@@ -154,7 +154,7 @@ def sensitivity(report: dict) -> bytes | None:
         return _png(fig)
 
 
-def pareto_front(sweep: dict) -> bytes | None:
+def sweep_figure(sweep: dict) -> bytes | None:
     """A sweep's quality against p50 latency at its deciding batch size, the Pareto front joined and
     the chosen candidate marked; None without finished candidates."""
     summary = sweep["summary"]

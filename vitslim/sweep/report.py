@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vitslim.files import atomic_write_json, atomic_write_text
-from vitslim.report.figures import pareto_front
+from vitslim.report.figures import sweep_figure
 from vitslim.report.html import figure_html, html_page
 from vitslim.report.markdown import device_line, fmt_mb, fmt_pct, md_table
 
@@ -76,6 +76,6 @@ def write_sweep_report(out: Path, sweep: dict) -> None:
     text = render_sweep_markdown(sweep)
     atomic_write_json(out / "sweep.json", sweep)
     atomic_write_text(out / "sweep.md", text)
-    png = pareto_front(sweep)
+    png = sweep_figure(sweep)
     figure = "" if png is None else figure_html("Accuracy against latency of every candidate.", png)
     atomic_write_text(out / "sweep.html", html_page(f"vitslim sweep: {sweep['model']['name']}", text, figure))
