@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
+from vitslim.config import check_choice
 from vitslim.errors import UserError
 
 __all__ = ["Executor", "LocalExecutor", "RayExecutor", "make_executor", "require_ray"]
@@ -125,10 +126,9 @@ class RayExecutor:
 
 def make_executor(name: str, address: str | None = None, cpus: int = 1) -> Executor:
     """``local`` or ``ray`` (``address``: an existing cluster, e.g. ``ray://head:10001``)."""
-    if name == "local":
-        if address:
-            raise UserError("--ray-address needs --executor ray")
-        return LocalExecutor(cpus)
+    check_choice("executor", name, EXECUTORS)
     if name == "ray":
         return RayExecutor(address, cpus)
-    raise UserError(f"unknown executor {name!r} (choose from {', '.join(EXECUTORS)})")
+    if address:
+        raise UserError("--ray-address needs --executor ray")
+    return LocalExecutor(cpus)
