@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,8 @@ from onnx import numpy_helper
 from PIL import Image
 
 from vitslim.compress.quant import QuantConfig, SiteSpec
+from vitslim.compress.quant.stage import REDUCED_WEIGHT_BITS
+from vitslim.evaluate.environment import int8_saturates
 from vitslim.export.qdq import CODES_SUFFIX
 
 # Tiny members of the timm ViT families vitslim supports: plain ViT, DeiT-style, DINOv2-style
@@ -70,6 +73,14 @@ def uniform_cfg(w_bits: int, a_bits: int, **changes) -> QuantConfig:
     per-channel search dominates the run time of these tests at 8 bits)."""
     weight = SiteSpec("uniform", w_bits, {"symmetric": True, "channel_axis": 0, "grid": 16})
     return QuantConfig.uniform(w_bits, a_bits, weight=weight, **changes)
+
+
+def for_this_cpu(config: QuantConfig) -> QuantConfig:
+    """``config`` as the quant stage applies it on this machine: weights kept to 7 bits where the
+    CPU's int8 kernels saturate (``reduce_range: auto``)."""
+    if not int8_saturates():
+        return config
+    return dataclasses.replace(config, max_weight_bits=REDUCED_WEIGHT_BITS)
 
 
 def images(n: int = 8, seed: int = 0) -> torch.Tensor:

@@ -132,6 +132,18 @@ def evaluate_onnx(
     return collect_outputs(runner, data.batches, desc="evaluate onnxruntime", progress=progress)
 
 
+def reference_parity(
+    path: Path, data: EvalData, reference: Outputs, threads: int, classifier: bool, progress: bool = True
+) -> dict:
+    """Parity of ONNX Runtime's reference kernels (graph optimisations off: Q/DQ as float ops, no
+    fused int8 kernels) on the file at ``path`` with PyTorch's ``reference`` outputs: what the graph
+    itself computes, apart from the CPU's integer kernels."""
+    runner = ort_runner(str(path), threads=resolve_threads(threads), optimize=False)
+    outputs = collect_outputs(runner, data.batches, desc="reference kernels", progress=progress)
+    parity = parity_of(reference.logits, outputs.logits, classifier)
+    return {"max_abs_diff": parity["max_abs_diff"], "top1_agreement": parity["top1_agreement"]}
+
+
 def evaluate_export(
     path: Path, runtime: str, data: EvalData, threads: int, progress: bool = True
 ) -> tuple[str, Outputs]:

@@ -21,6 +21,7 @@ from vitslim.calib import build_transform, load_dataset, make_loader
 from vitslim.errors import UserError
 from vitslim.evaluate.accuracy import Outputs
 from vitslim.evaluate.device import resolve_device
+from vitslim.evaluate.environment import int8_saturates
 from vitslim.evaluate.latency import DEFAULT_RUNS, DEFAULT_WARMUP
 from vitslim.executors import Executor
 from vitslim.export.manifest import write_manifest
@@ -31,6 +32,7 @@ from vitslim.measure import (
     load_eval_data,
     measure_variant,
     noise_floor,
+    reference_parity,
     report_header,
     shard_eval_data,
 )
@@ -52,14 +54,16 @@ FP32 = "fp32"
 @dataclass
 class StageContext:
     """What stages need besides their config (a :class:`~vitslim.stages.Calibration`): calibration
-    images (loaded on first use, from ``calib`` or the model's default calibration data), the seed
-    and whether to show progress."""
+    images (loaded on first use, from ``calib`` or the model's default calibration data), the seed,
+    whether to show progress and whether the deployment CPU's int8 kernels saturate (default: this
+    machine's)."""
 
     loaded: LoadedModel
     calib: str | None = None
     seed: int = 0
     progress: bool = True
     batch_size: int = 32
+    int8_saturates: bool = field(default_factory=int8_saturates)
     _cache: dict[int, list[torch.Tensor]] = field(default_factory=dict, repr=False)
 
     def calibration(self, images: int) -> list[torch.Tensor]:
@@ -140,7 +144,33 @@ def validate_variant(
         log.info("%s: PyTorch noise floor, agreement with itself %.2f%%", variant["name"], 100 * measured["agreement"])
         return measured
 
-    return validate_exports(variant["name"], exports, rule, floor, settings.out_dir)
+    failures = validate_exports(variant["name"], exports, rule, floor, settings.out_dir)
+    onnx = variant["onnx"]
+    if not onnx["validation"]["passed"] and variant.get("quantization"):
+        failures = [_with_kernel_diagnosis(f, onnx, settings, outputs, rule) if f.startswith(
+            f"{variant['name']}: {onnx['file']}") else f for f in failures]  # fmt: skip
+    return failures
+
+
+def _with_kernel_diagnosis(
+    failure: str, onnx: dict, settings: MeasureSettings, outputs: Outputs, rule: ValidateStage
+) -> str:
+    """A failed quantized ONNX file run again with ONNX Runtime's reference kernels, recorded in its
+    ``validation``: when those pass, the graph is right and this CPU's int8 kernels deviate."""
+    classifier = onnx["top1_agreement"] is not None
+    path = settings.out_dir / onnx["file"]
+    reference = reference_parity(path, settings.data, outputs, settings.threads, classifier, settings.progress)
+    exact = not rule.failures({**reference, "samples": onnx["samples"]})
+    onnx["validation"]["reference_kernels"] = {**reference, "passed": exact}
+    if not exact:
+        return failure
+    saturates = (
+        "; this CPU has no VNNI: its int8 kernels saturate, which 'reduce_range' avoids" if int8_saturates() else ""
+    )
+    return (
+        f"{failure}; with ONNX Runtime's reference kernels the file matches PyTorch (max abs diff "
+        f"{reference['max_abs_diff']:.3g}): the deviation comes from this CPU's int8 kernels{saturates}"
+    )
 
 
 def _stage_entries(variant: dict, built: Variant, out_dir: Path) -> None:
@@ -313,7 +343,9 @@ def compress(
         settings = MeasureSettings(
             eval_data, staging, threads, list(batch_sizes), progress, warmup, runs, torch_device, tuple(runtimes)
         )
-        ctx = StageContext(loaded, calib, seed, progress, eval_batch_size)
+        # a GPU target runs TensorRT, whose int8 kernels do not saturate: this CPU's do not matter
+        saturates = target != "gpu" and int8_saturates()
+        ctx = StageContext(loaded, calib, seed, progress, eval_batch_size, int8_saturates=saturates)
         preflight(loaded, recipe, next(iter(eval_data.batches))[0], eval_data.name, ctx)
         report = run_recipe(loaded, recipe, settings, ctx, command, alone=alone, target=target, dropped=dropped)
         write_report(staging, report)

@@ -36,10 +36,12 @@ class StageRecord:
 
 
 class Calibration(Protocol):
-    """Calibration images for a stage, with the run's seed and progress setting."""
+    """Calibration images for a stage, with the run's seed and progress setting, and whether the
+    deployment CPU's int8 kernels saturate (:func:`vitslim.evaluate.environment.int8_saturates`)."""
 
     seed: int
     progress: bool
+    int8_saturates: bool
 
     def calibration(self, images: int) -> list[Any]:
         """``images`` seeded, preprocessed calibration images as batches."""

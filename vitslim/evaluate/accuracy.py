@@ -38,12 +38,12 @@ def torch_runner(model: torch.nn.Module) -> Runner:
     return run
 
 
-def ort_runner(path: str | bytes, threads: int = 0, providers: list | None = None) -> Runner:
+def ort_runner(path: str | bytes, threads: int = 0, providers: list | None = None, optimize: bool = True) -> Runner:
     """Run an exported ONNX model (a file, or its bytes) in ONNX Runtime (CPU unless ``providers``
-    say otherwise)."""
+    say otherwise; ``optimize=False``: reference kernels, Q/DQ run as written)."""
     from vitslim.evaluate.runtimes import ort_session
 
-    session = ort_session(path, threads=threads, providers=providers)
+    session = ort_session(path, threads=threads, providers=providers, optimize=optimize)
     input_name = session.get_inputs()[0].name
 
     def run(images: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,11 @@ from importlib import metadata
 PACKAGES = ("vitslim", "torch", "timm", "onnx", "onnxruntime", "onnxscript", "openvino", "nncf", "numpy")
 #: instruction-set flags that change which int8/bf16 kernels the CPU runtimes pick
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+#: x86 flags whose int8 dot products accumulate u8 x s8 products exactly in 32 bits
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+#: overrides the flags read from /proc/cpuinfo (comma- or space-separated), e.g. ``avx2`` when
+#: running under ``qemu-x86_64 -cpu EPYC``, whose /proc/cpuinfo shows the host's flags
+CPU_FLAGS_ENV = "VITSLIM_CPU_FLAGS"
 
 
 def cpu_model() -> str:
@@ -25,7 +30,12 @@ def cpu_model() -> str:
 
 
 def cpu_flags() -> list[str]:
-    """The :data:`ISA_FLAGS` this CPU has (from /proc/cpuinfo on Linux; empty elsewhere)."""
+    """The :data:`ISA_FLAGS` this CPU has (from /proc/cpuinfo on Linux, or ``$VITSLIM_CPU_FLAGS``;
+    empty elsewhere)."""
+    override = os.environ.get(CPU_FLAGS_ENV)
+    if override is not None:
+        present = set(override.replace(",", " ").split())
+        return [flag for flag in ISA_FLAGS if flag in present]
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
@@ -35,6 +45,19 @@ def cpu_flags() -> list[str]:
     except OSError:
         pass
     return []
+
+
+def int8_saturates(flags: list[str] | None = None, machine: str | None = None) -> bool:
+    """Whether this CPU's int8 kernels can saturate: an x86 CPU without VNNI (``flags``: default
+    :func:`cpu_flags`) multiplies u8 x s8 in 16-bit pair sums (``vpmaddubsw``) that saturate
+    once ``2 · 255 · |w|`` passes 32767, so 8-bit weights (|w| up to 127) can give other results
+    than the Q/DQ graph describes; 7-bit weights (|w| <= 63) cannot. ONNX Runtime (MLAS) and
+    OpenVINO (oneDNN) both use such kernels there. ARM's int8 dot products accumulate exactly."""
+    machine = (machine or platform.machine()).lower()
+    if machine not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return False
+    flags = cpu_flags() if flags is None else flags
+    return not any(flag in flags for flag in VNNI_FLAGS)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -55,6 +78,7 @@ def environment() -> dict:
     return {
         "cpu": cpu_model(),
         "cpu_flags": cpu_flags(),
+        "int8_saturates": int8_saturates(),
         "logical_cores": os.cpu_count(),
         "machine": platform.machine(),
         "os": platform.platform(),

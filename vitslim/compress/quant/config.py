@@ -100,7 +100,9 @@ class QuantConfig:
     same for the attention outputs (``proj``'s input, folded into v and ``proj``); ``gelu_shift``
     folds the post-GELU shift into fc2's bias (AdaLog); ``qk_rotation`` rotates q and k of every
     head by one orthogonal (Hadamard) matrix folded into ``qkv`` (q·kᵀ unchanged, outlier
-    channels spread before the per-tensor q and k quantizers). The default is W8A8 uniform.
+    channels spread before the per-tensor q and k quantizers). ``max_weight_bits`` caps the bits
+    of every weight site (7: int8 kernels without VNNI compute exactly, see
+    :func:`vitslim.evaluate.environment.int8_saturates`). The default is W8A8 uniform.
     """
 
     weight: SiteSpec | None = _weight(8)
@@ -115,6 +117,7 @@ class QuantConfig:
     attn_reparam: str | None = None
     gelu_shift: bool = False
     qk_rotation: bool = False
+    max_weight_bits: int | None = None
 
     def __post_init__(self) -> None:
         for kind in SITE_KINDS:
@@ -135,6 +138,9 @@ class QuantConfig:
             check_choice("attn_reparam target", self.attn_reparam, LN_TARGETS)
         for flag in ("gelu_shift", "qk_rotation"):
             check_flag(getattr(self, flag), flag)
+        cap = self.max_weight_bits
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or not 2 <= cap <= 8):
+            raise UserError(f"max_weight_bits must be an integer in [2, 8] or null, got {cap!r}")
 
     # ------------------------------------------------------------------ resolving
     def spec_for(self, site: Site) -> SiteSpec | None:
@@ -145,6 +151,9 @@ class QuantConfig:
                 spec = override
         if spec is not None:
             _check_spec(site.kind, spec, f"site {site.name!r}")
+        cap = self.max_weight_bits
+        if spec is not None and site.kind == "weight" and cap is not None and spec.bits > cap:
+            spec = dataclasses.replace(spec, bits=cap)
         return spec
 
     def resolve(self, sites: Iterable[Site]) -> dict[str, SiteSpec | None]:
@@ -201,6 +210,7 @@ class QuantConfig:
         out["attn_reparam"] = self.attn_reparam
         out["gelu_shift"] = self.gelu_shift
         out["qk_rotation"] = self.qk_rotation
+        out["max_weight_bits"] = self.max_weight_bits
         return out
 
     @classmethod
@@ -214,7 +224,7 @@ class QuantConfig:
             if not isinstance(overrides, Mapping):
                 raise UserError("'overrides' must map site-name patterns to specs (or null)")
             kw["overrides"] = {p: SiteSpec.from_dict(s, f"override {p!r}") for p, s in overrides.items()}
-        for key in ("ln_reparam", "attn_reparam", "gelu_shift", "qk_rotation"):
+        for key in ("ln_reparam", "attn_reparam", "gelu_shift", "qk_rotation", "max_weight_bits"):
             if key in data:
                 kw[key] = data[key]
         return cls(**kw)

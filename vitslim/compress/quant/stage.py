@@ -5,6 +5,11 @@ reports say about quantized variants.
 >>> stage.config == QuantConfig.preset("w4a4-adalog")
 True
 
+``reduce_range`` (``auto``, ``true``, ``false``) keeps 8-bit weights to 7 bits where the deployment
+CPU's int8 kernels would saturate (``auto``: x86 without VNNI, see
+:func:`~vitslim.evaluate.environment.int8_saturates`), as ONNX Runtime's quantizer's
+``reduce_range`` and NNCF's ``overflow_fix`` do.
+
 ``config`` keys override the preset's (``{"preset": "w8a8", "config": {"overrides": {"head.*": null}}}``
 keeps the head float); without a preset they override the W8A8 default. ``mixed_precision``
 (a :class:`~.mixed.MixedPrecisionConfig` mapping) searches the bits of every
@@ -32,7 +37,7 @@ from .placement import quant_points, quantization_info
 from .search import OBJECTIVES, SEARCHES
 from .sites import find_sites
 
-__all__ = ["QuantStage", "STAGE", "apply", "calibrates", "check", "quant_summary", "measure", "summarize"]
+__all__ = ["QuantStage", "STAGE", "apply", "calibrates", "check", "quant_summary", "measure", "summarize", "notes"]
 
 STAGE_KEYS = (
     "preset",
@@ -46,7 +51,10 @@ STAGE_KEYS = (
     "gptq",
     "bias_correction",
     "mixed_precision",
+    "reduce_range",
 )
+#: the weight bits that int8 kernels without VNNI compute exactly (2 · 255 · 63 < 2^15)
+REDUCED_WEIGHT_BITS = 7
 #: Calibration images used when a recipe does not say (the issue's 32-128 range, cheap end).
 DEFAULT_IMAGES = 32
 
@@ -74,6 +82,7 @@ class QuantStage:
     gptq: bool = False
     bias_correction: bool = False
     mixed_precision: MixedPrecisionConfig | None = None
+    reduce_range: bool | str = "auto"
 
     def __post_init__(self) -> None:
         check_choice("search", self.search, SEARCHES)
@@ -82,6 +91,12 @@ class QuantStage:
             _positive_int(getattr(self, name), name)
         for name in ("sequential", "gptq", "bias_correction"):
             check_flag(getattr(self, name), name)
+        if self.reduce_range != "auto":
+            check_flag(self.reduce_range, "reduce_range (or 'auto')")
+
+    def reduces_range(self, int8_saturates: bool) -> bool:
+        """Whether weights are kept to 7 bits, on a deployment CPU whose int8 kernels saturate or not."""
+        return int8_saturates if self.reduce_range == "auto" else bool(self.reduce_range)
 
     def describe(self) -> str:
         """A short human description, e.g. ``w8a8, 32 calibration images, mse search``."""
@@ -129,7 +144,7 @@ class QuantStage:
         if not isinstance(changes, Mapping):
             raise UserError(f"config must be a mapping of quantization settings, got {changes!r}")
         config = QuantConfig.from_dict({**base.to_dict(), **changes})
-        settings = {k: data[k] for k in STAGE_KEYS[2:-1] if k in data}
+        settings = {k: data[k] for k in STAGE_KEYS[2:] if k in data and k != "mixed_precision"}
         mixed = data.get("mixed_precision")
         if mixed is not None:
             mixed = MixedPrecisionConfig.from_dict(mixed)
@@ -151,8 +166,12 @@ def apply(model: nn.Module, stage: QuantStage, calibration: Calibration) -> Stag
             model, config, stage.mixed_precision, images, progress=progress, seed=seed, quantize_options=options
         )
         config, report = plan.to_quant_config(config), mixed_precision_summary(plan)
+    description = stage.describe()
+    if stage.reduces_range(calibration.int8_saturates):
+        config = dataclasses.replace(config, max_weight_bits=REDUCED_WEIGHT_BITS)
+        description += f", weights kept to {REDUCED_WEIGHT_BITS} bits (reduce_range)"
     quantize_(model, config, images, progress=progress, seed=seed, **stage.quantize_options())
-    return StageRecord(stage.describe(), stage, report)
+    return StageRecord(description, stage, report)
 
 
 def quant_summary(model: nn.Module) -> dict[str, Any] | None:
@@ -189,6 +208,18 @@ def summarize(record: StageRecord, model: nn.Module, onnx_path: Path, own: bool)
     return {"mixed_precision": record.report} if own and record.report else {}
 
 
+def notes(variants: list[dict]) -> list[str]:
+    """Why the weights of a variant were kept to fewer bits than its recipe asked (reduce_range)."""
+    capped = [v["name"] for v in variants if ((v.get("quantization") or {}).get("config") or {}).get("max_weight_bits")]
+    if not capped:
+        return []
+    return [
+        f"{', '.join(capped)}: weights quantized to at most {REDUCED_WEIGHT_BITS} bits (reduce_range): on an x86 CPU "
+        "without VNNI, int8 kernels (ONNX Runtime, OpenVINO) sum u8 x s8 products in saturating 16-bit pairs, "
+        f"which {REDUCED_WEIGHT_BITS}-bit weights keep exact; 'reduce_range: false' keeps 8 bits and the deviation."
+    ]
+
+
 STAGE = Family(
     from_dict=QuantStage.from_dict,
     apply=apply,
@@ -196,4 +227,5 @@ STAGE = Family(
     check=check,
     measure=measure,
     summarize=summarize,
+    notes=notes,
 )
