@@ -10,7 +10,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_OUT ?= vitslim-demo
 
-.PHONY: install data demo test bench clean
+.PHONY: install data demo test test-all bench clean
 
 install: $(STAMP)
 
@@ -31,8 +31,13 @@ $(FASHION_MNIST):
 demo: install data
 	$(BIN)/vitslim demo --out $(DEMO_OUT) --overwrite
 
+# Tests run on every core (pytest-xdist; each test uses one thread); the long forms of the test
+# matrices (marker `slow`) only in test-all.
 test: install data
-	$(BIN)/python -m pytest -q --durations=10
+	$(BIN)/python -m pytest -q -n auto -m "not slow" --durations=15
+
+test-all: install data
+	$(BIN)/python -m pytest -q -n auto --durations=15
 
 bench: install data
 	$(BIN)/python benchmarks/bench_fp32.py

@@ -125,8 +125,25 @@ def check_report(report: dict, recipe: str, classifier: bool) -> None:
         assert len(variants[-1]["quantization"]["sites"]) > 0
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
-@pytest.mark.parametrize("key", list(ZOO))
+#: the short form ``make test`` runs: every configuration through ``full`` (tokens, 2:4 and mixed
+#: precision), each other recipe on two configurations; ``make test-all`` runs every pair (``slow``)
+SHORT_FORM = {
+    "full": tuple(ZOO),
+    "w8a8": ("registers_dinov2", "non_square"),
+    "tome-r8": ("cls_distill_tokens", "avg_pool_no_cls"),
+    "sparse24-w8a8": ("swiglu_mlp", "patch8_big_vision"),
+}
+
+
+def _zoo_cases() -> list:
+    return [
+        pytest.param(key, recipe, id=f"{key}-{recipe}", marks=() if key in SHORT_FORM[recipe] else pytest.mark.slow)
+        for key in ZOO
+        for recipe in RECIPES
+    ]
+
+
+@pytest.mark.parametrize(("key", "recipe"), _zoo_cases())
 def test_zoo_checkpoint_through_recipe(tmp_path: Path, zoo: dict, zoo_images: Path, key: str, recipe: str) -> None:
     entry = ZOO[key]
     out = tmp_path / "out"
