@@ -191,7 +191,8 @@ class TokenPruneMergeConfig:
 
     def describe(self) -> str:
         """A short human description, e.g. ``prune-merge keep 0.7 (merge 100%) at layers 3,6,9``."""
-        keep = "/".join(f"{v:g}" for v in self.keep_rates())
+        rates = self.keep_rate if isinstance(self.keep_rate, tuple) else (self.keep_rate,)
+        keep = "/".join(f"{v:g}" for v in rates)
         layers = ",".join(map(str, self.layers))
         norm = "" if self.value_norm else ", no value norm"
         return f"prune-merge keep {keep} (merge {self.merge_rate:.0%}) at layers {layers}{norm}" + _suffix(self)

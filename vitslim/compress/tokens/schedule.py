@@ -52,7 +52,7 @@ class LayerReduction:
         return self.tokens_in - self.tokens_out
 
 
-def _distribute(total: int, weights: Sequence[float]) -> list[int]:
+def distribute_total(total: int, weights: Sequence[float]) -> list[int]:
     """Split ``total`` into integers proportional to ``weights`` (largest remainder)."""
     s = float(sum(weights))
     if total <= 0 or s <= 0:
@@ -83,7 +83,7 @@ def merge_schedule(cfg: TokenMergeConfig, depth: int, num_patch_tokens: int, tot
             total = int(round((1.0 - cfg.keep_ratio) * num_patch_tokens))
         else:
             total = int(cfg.r) * depth
-    return _distribute(total, _shape_weights(str(cfg.schedule), depth))
+    return distribute_total(total, _shape_weights(str(cfg.schedule), depth))
 
 
 def simulate_layers(ops: Sequence[LayerOp], num_tokens: int, num_prefix_tokens: int = 1) -> list[LayerReduction]:
