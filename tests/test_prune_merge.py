@@ -51,7 +51,11 @@ def reference_prune_merge(score, metric, x, size, keep, merge, p):
 
 @settings(max_examples=25, deadline=None)
 @given(
-    t=st.integers(3, 20), p=st.integers(0, 3), keep=st.floats(0.05, 0.95), merge=st.floats(0, 1), seed=st.integers(0, 9999)
+    t=st.integers(3, 20),
+    p=st.integers(0, 3),
+    keep=st.floats(0.05, 0.95),
+    merge=st.floats(0, 1),
+    seed=st.integers(0, 9999),
 )
 def test_prune_merge_matches_loop_reference(t, p, keep, merge, seed):
     g = torch.Generator().manual_seed(seed)

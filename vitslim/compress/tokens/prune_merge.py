@@ -14,8 +14,9 @@ Graph per reducing block, static for fixed counts: one TopK over the scores (onl
 wanted), flat Gathers of the chosen rows, one ``m x k`` similarity MatMul and an ArgMax, one
 Equal for the one-hot assignment and one ``k x m`` combine MatMul. (The Equal-with-the-row-maximum
 argmax of :mod:`.merge` picked no column for some images at batch 16 in OpenVINO 2026.4 here:
-its ReduceMax and Equal saw different roundings of the similarity MatMul.) No scatter, no transposes of token tensors; kept tokens come out in
-importance order (attention does not care about order; nothing downstream pairs neighbours).
+its ReduceMax and Equal saw different roundings of the similarity MatMul.) No scatter, no
+transposes of token tensors; kept tokens come out in importance order (attention does not care
+about order; nothing downstream pairs neighbours).
 """
 
 from __future__ import annotations
