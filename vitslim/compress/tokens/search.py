@@ -34,7 +34,7 @@ from .config import TokenConfigError, TokenMergeConfig, TokenPruneMergeConfig, T
 from .patch import apply_token_reduction, remove_token_reduction
 from .schedule import distribute_total, estimate_flops
 
-__all__ = ["SEARCH_METHODS", "Candidate", "SearchResult", "search_schedule"]
+__all__ = ["SEARCH_METHODS", "Candidate", "SearchResult", "fit_to_budget", "search_schedule"]
 
 #: reducers whose schedules :func:`search_schedule` searches
 SEARCH_METHODS = ("tome", "prunemerge")
@@ -100,19 +100,27 @@ def _fit_tome(model: nn.Module, weights: Sequence[float], budget: float, last_bl
     return cfg(lo)
 
 
-def _fit_prunemerge(model: nn.Module, shape: Shape, budget: float, last_block: bool) -> TokenPruneMergeConfig:
-    """The largest ``s`` with keep rates ``s ** weight`` (3 decimals) that meets ``budget``."""
+def fit_to_budget(
+    model: nn.Module, build: Callable[[float], TokenReductionConfig], budget: float
+) -> TokenReductionConfig:
+    """``build(s)`` for the largest ``s`` in (0, 1] (bisection) whose block FLOPs ratio on ``model``
+    is at most ``budget``; ``build`` must reduce less as ``s`` grows (e.g. ``s`` a keep rate)."""
+    lo, hi = 0.0, 1.0
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _ratio(model, build(mid)) <= budget else (lo, mid)
+    return build(max(lo, 1e-3))
+
+
+def _fit_prunemerge(model: nn.Module, shape: Shape, budget: float, last_block: bool) -> TokenReductionConfig:
+    """Keep rates ``s ** weight`` (3 decimals) at the shape's layers, ``s`` fitted to ``budget``."""
     layers, weights, merge_rate = shape
 
     def cfg(s: float) -> TokenPruneMergeConfig:
         rates = [max(round(s**w, 3), 0.001) for w in weights]
         return TokenPruneMergeConfig(layers, rates, merge_rate, class_token_last_block=last_block)
 
-    lo, hi = 0.0, 1.0
-    for _ in range(14):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if _ratio(model, cfg(mid)) <= budget else (lo, mid)
-    return cfg(max(lo, 1e-3))
+    return fit_to_budget(model, cfg, budget)
 
 
 # --------------------------------------------------------------------------- seeds and neighbours
