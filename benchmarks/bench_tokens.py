@@ -1,14 +1,18 @@
-"""Token reduction on the demo model: top-1, agreement with FP32, FLOPs and ONNX Runtime speedup.
+"""Token reducers side by side at matched block FLOPs on the demo model: top-1, agreement with
+FP32, and latency in ONNX Runtime and OpenVINO at batch 1 and 16.
 
-    .venv/bin/python benchmarks/bench_tokens.py --limit 2000 --threads 2
+    .venv/bin/python benchmarks/bench_tokens.py --limit 1000 --budgets 0.6,0.75 --threads 2
 
-For FP32 and a sweep of ToMe merging (constant r, decreasing schedules) and EViT pruning
-settings: export each model to ONNX, check it against PyTorch on the first batch of real
-images, evaluate it in ONNX Runtime on the seeded Fashion-MNIST test sample (top-1, agreement
-with FP32's ONNX outputs), count the blocks' FLOPs and time ONNX Runtime at batch 1 and 16.
-Speedups are ratios of p50 latencies against FP32 measured in this one process.
+Per FLOPs budget (block FLOPs as a fraction of the unreduced model's): ToMe with a constant r
+(``flops_ratio``), ToMe with its schedule searched, EViT at blocks 3, 6, 9 with its keep rate
+fitted, and prune-merge with its schedule searched. Schedules are searched on Fashion-MNIST *train*
+images (``--search-images``, fidelity to FP32, no labels); accuracy is measured on the seeded test
+sample. Also ``fp32-lastblock``: FP32 with the last block for the class token only (exact).
+Every setting is exported to ONNX, checked against PyTorch on the first test batch (ONNX Runtime),
+evaluated in ONNX Runtime, then all files are timed interleaved per runtime and batch (p50, spread
+p90/p50), so speedups are ratios measured side by side in this one process.
 
-Writes tokens_demo.{json,md,png} into --out-dir (default benchmarks/results).
+Writes tokens_demo.{json,md} into --out-dir (default benchmarks/results).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import copy
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from run_header import run_header
 
 from vitslim.compress.tokens import (
@@ -27,22 +32,43 @@ from vitslim.compress.tokens import (
     apply_token_reduction,
     estimate_flops,
 )
-from vitslim.evaluate.latency import DEFAULT_WARMUP, bench_ort, resolve_threads
-from vitslim.export.onnx_export import DEFAULT_OPSET, export_onnx
+from vitslim.compress.tokens.search import fit_to_budget, search_schedule
+from vitslim.evaluate.interleaved import runtime_call, summarize, time_interleaved
+from vitslim.evaluate.latency import resolve_threads
+from vitslim.evaluate.openvino_runtime import execution_precision, ov_compile
+from vitslim.export.onnx_export import export_onnx
 from vitslim.export.validate import check_parity
-from vitslim.files import atomic_write_json, atomic_write_text, ensure_parent_dir
+from vitslim.files import atomic_write_json, atomic_write_text
 from vitslim.measure import EvalData, evaluate_onnx, load_eval_data, score
 from vitslim.models import LoadedModel, load_model
+from vitslim.pipeline import StageContext
 from vitslim.report.markdown import device_line
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCH_SIZES = (1, 16)
-SWEEP: list[tuple[str, TokenReductionConfig | None]] = [
-    ("fp32", None),
-    *[(f"tome-r{r}", TokenMergeConfig(r=r)) for r in (4, 8, 12, 16)],
-    *[(f"tome-r{r}-decreasing", TokenMergeConfig(r=r, schedule="decreasing")) for r in (8, 16)],
-    *[(f"evit-{keep}", TokenPruneConfig(keep_rate=keep, layers=(3, 6, 9))) for keep in (0.7, 0.5)],
-]
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+def settings(loaded: LoadedModel, budgets: list[float], args: argparse.Namespace) -> list[tuple[str, object]]:
+    """``(name, config or None)`` of every setting; searches run here, on train images."""
+    model = loaded.model
+    calib = StageContext(loaded, None, 0, False, 32).calibration(args.search_images)
+    out: list[tuple[str, object]] = [("fp32", None)]
+    out.append(("fp32-lastblock", TokenMergeConfig(r=0, class_token_last_block=True)))
+
+    def searched(method: str, budget: float) -> TokenReductionConfig:
+        return search_schedule(model, calib, method, budget, max_evals=args.search_evals).best.config
+
+    for b in budgets:
+        evit = fit_to_budget(model, lambda s: TokenPruneConfig(keep_rate=max(round(s, 3), 0.001)), b)
+        out += [
+            (f"tome-{b:g}", TokenMergeConfig(flops_ratio=b)),
+            (f"tome-search-{b:g}", searched("tome", b)),
+            (f"evit-{b:g}", evit),
+            (f"pm-search-{b:g}", searched("prunemerge", b)),
+        ]
+        print(*(f"{n}: {c.describe()}" for n, c in out[-4:]), sep="\n", flush=True)
+    return out
 
 
 def measure(
@@ -51,8 +77,7 @@ def measure(
     """Export one setting, check it against PyTorch and evaluate it in ONNX Runtime (scored later)."""
     model = loaded.model if cfg is None else apply_token_reduction(copy.deepcopy(loaded.model), cfg)
     path = export_onnx(model, folder / f"{name}.onnx", loaded.input_size)
-    images, _ = next(iter(data.batches))
-    parity = check_parity(model, path, images, threads=resolve_threads(threads))
+    parity = check_parity(model, path, next(iter(data.batches))[0], threads=resolve_threads(threads))
     flops = estimate_flops(model)
     row = {
         "name": name,
@@ -61,145 +86,122 @@ def measure(
         "tokens_per_layer": flops["tokens_per_layer"],
         "block_flops_per_image": flops["total_flops"],
         "flops_ratio": flops["ratio"],
-        "onnx": {
-            "opset": DEFAULT_OPSET,
-            "size_bytes": path.stat().st_size,
-            "max_abs_diff_vs_pytorch": parity.max_abs_diff,
-            "top1_agreement_vs_pytorch": parity.top1_agreement,
-            "samples": parity.samples,
-        },
-        "outputs": evaluate_onnx(path, data, threads),
+        "onnx_max_abs_diff_vs_pytorch": parity.max_abs_diff,
+        "outputs": evaluate_onnx(path, data, threads, progress=False),
     }
     return row, path
 
 
-def run_sweep(loaded: LoadedModel, data: EvalData, threads: int, warmup: int, runs: int) -> list[dict]:
-    """Every setting of SWEEP: accuracy and FLOPs first, then all timings back to back."""
+def time_all(rows: list[dict], paths: list[Path], size: tuple, args: argparse.Namespace) -> None:
+    """Interleaved p50 latency per runtime and batch for every row (written into the rows)."""
+    for runtime in RUNTIMES:
+        for batch in BATCH_SIZES:
+            x = np.random.default_rng(0).standard_normal((batch, *size), dtype=np.float32)
+            calls = {row["name"]: runtime_call(p, runtime, args.threads, x) for row, p in zip(rows, paths, strict=True)}
+            times = time_interleaved(calls, rounds=args.rounds, calls=3 if batch == 1 else 1, progress=False)
+            for row in rows:
+                row.setdefault("latency", {})[f"{runtime}|{batch}"] = summarize(times[row["name"]])
+    base = rows[0]["latency"]
+    for row in rows:
+        row["speedup"] = {k: base[k]["p50_ms"] / v["p50_ms"] for k, v in row["latency"].items()}
+
+
+def run(loaded: LoadedModel, data: EvalData, budgets: list[float], args: argparse.Namespace) -> list[dict]:
     classifier = loaded.num_classes > 0
     rows, paths = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, cfg in SWEEP:
-            row, path = measure(name, cfg, loaded, data, Path(tmp), threads)
+        for name, cfg in settings(loaded, budgets, args):
+            row, path = measure(name, cfg, loaded, data, Path(tmp), args.threads)
             rows.append(row)
             paths.append(path)
+            print(f"{name}: evaluated", flush=True)
         reference = rows[0]["outputs"]
-        for row, path in zip(rows, paths, strict=True):
+        for row in rows:
             row.update(score(row.pop("outputs"), reference, classifier))
-            latency = bench_ort(str(path), loaded.input_size, list(BATCH_SIZES), threads, warmup=warmup, runs=runs)
-            row["latency"] = [entry.to_dict() for entry in latency]
-    base = {lat["batch"]: lat["p50_ms"] for lat in rows[0]["latency"]}
-    for row in rows:
-        row["speedup"] = {str(lat["batch"]): base[lat["batch"]] / lat["p50_ms"] for lat in row["latency"]}
+        time_all(rows, paths, loaded.input_size, args)
+        rows[0]["openvino_precision"] = execution_precision(ov_compile(paths[0], args.threads, batch=1))
     return rows
-
-
-def _p50(row: dict, batch: int) -> float:
-    return next(lat["p50_ms"] for lat in row["latency"] if lat["batch"] == batch)
 
 
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
+def _lat(row: dict, key: str) -> str:
+    lat = row["latency"][key]
+    return f"{lat['p50_ms']:.1f} ({lat['p90_ms'] / lat['p50_ms']:.2f}) {row['speedup'][key]:.2f}x"
+
+
 def render_markdown(result: dict) -> str:
     env, data, bench = result["environment"], result["data"], result["benchmark"]
-    base_top1 = result["variants"][0]["top1"]
-    depth = len(result["variants"][0]["tokens_per_layer"]) - 1
+    rows = result["variants"]
+    base_top1 = rows[0]["top1"]
+    keys = [f"{rt}|{b}" for rt in RUNTIMES for b in BATCH_SIZES]
     lines = [
-        f"# Token reduction on the demo model ({result['model']['name']})",
+        f"# Token reducers at matched block FLOPs ({result['model']['name']})",
         "",
         f"- **Command**: `{result['command']}`",
         f"- **Machine**: {device_line(env)}",
-        f"- **Runtime**: ONNX Runtime CPU, {bench['threads']} threads, random inputs, "
-        f"{bench['warmup']} warm-up + up to {bench['runs']} timed runs per setting (p50)",
-        f"- **Data**: {data['name']}, {data['samples']} samples (seed 0); top-1 and agreement with FP32 "
-        "evaluated in ONNX Runtime",
+        f"- **Latency**: ONNX Runtime and OpenVINO ({rows[0]['openvino_precision']} execution) CPU, "
+        f"{bench['threads']} threads, random inputs, all files timed interleaved per runtime and batch, "
+        f"{bench['rounds']} rounds (3 calls per round at batch 1); p50 ms (p90/p50) and speedup vs fp32",
+        f"- **Data**: {data['name']}, {data['samples']} test samples (seed 0), evaluated in ONNX Runtime; schedules "
+        f"searched on {bench['search_images']} train images, {bench['search_evals']} candidates per search",
         f"- **Created**: {result['created']}",
         "",
-        "| variant | setting | top-1 | Δ top-1 (pt) | agreement vs FP32 | tokens after last block "
-        "| block GFLOPs | FLOPs ratio | p50 ms b1 | speedup b1 | p50 ms b16 | speedup b16 | ONNX vs PyTorch max diff |",
-        "|" + "---|" * 13,
+        "| variant | setting | block FLOPs | top-1 | Δ pt | agreement | "
+        + " | ".join(k.replace("|", " b") for k in keys)
+        + " | ONNX vs PyTorch |",
+        "|" + "---|" * (7 + len(keys)),
     ]
-    for row in result["variants"]:
-        drop = "n/a" if row["top1"] is None or base_top1 is None else f"{100 * (row['top1'] - base_top1):+.2f}"
+    for row in rows:
+        drop = "n/a" if row["top1"] is None else f"{100 * (row['top1'] - base_top1):+.2f}"
         lines.append(
-            f"| {row['name']} | {row['description']} | {_pct(row['top1'])} | {drop} | {_pct(row['agreement'])} "
-            f"| {row['tokens_per_layer'][-1]} | {row['block_flops_per_image'] / 1e9:.2f} | {row['flops_ratio']:.2f} "
-            f"| {_p50(row, 1):.1f} | {row['speedup']['1']:.2f}x | {_p50(row, 16):.1f} | {row['speedup']['16']:.2f}x "
-            f"| {row['onnx']['max_abs_diff_vs_pytorch']:.1e} |"
+            f"| {row['name']} | {row['description']} | {row['flops_ratio']:.3f} | {_pct(row['top1'])} | {drop} "
+            f"| {_pct(row['agreement'])} | " + " | ".join(_lat(row, k) for k in keys)
+            + f" | {row['onnx_max_abs_diff_vs_pytorch']:.1e} |"
         )
     lines += [
         "",
-        f"Block FLOPs: attention and MLP of the {depth} transformer blocks on the tokens each "
-        "block sees, "
-        "merge/prune overhead included (patch embedding and head excluded). Speedups: FP32 p50 / variant p50, "
-        "same runtime, batch and threads, measured in the same run. ONNX vs PyTorch: the first batch of real "
-        "images through both.",
+        "Block FLOPs: attention and MLP of the transformer blocks on the tokens each block sees, reduction "
+        "overhead included, as a fraction of fp32's (patch embedding and head excluded).",
     ]
     return "\n".join(lines) + "\n"
 
 
-def plot(result: dict, path: Path) -> None:
-    """Top-1 against ONNX Runtime speedup at batch 16, labelled with what was measured where."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    env, data, bench = result["environment"], result["data"], result["benchmark"]
-    rows = [r for r in result["variants"] if r["top1"] is not None]
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    for family, marker in (("fp32", "s"), ("tome", "o"), ("evit", "^")):
-        group = [r for r in rows if r["name"].startswith(family)]
-        ax.scatter([r["speedup"]["16"] for r in group], [100 * r["top1"] for r in group], marker=marker, label=family)
-        for i, r in enumerate(group):  # alternate label sides so neighbours do not overlap
-            xy = (r["speedup"]["16"], 100 * r["top1"])
-            ax.annotate(r["name"], xy, textcoords="offset points", xytext=(4, 4 if i % 2 == 0 else -11), fontsize=7)
-    if rows and rows[0]["name"] == "fp32":
-        ax.axhline(100 * rows[0]["top1"] - 1.0, color="grey", linestyle="--", linewidth=0.8, label="FP32 − 1 pt")
-    ax.set_xlabel("ONNX Runtime speedup vs FP32 at batch 16 (p50 ratio)")
-    ax.set_ylabel("top-1 (%)")
-    ax.set_title(
-        f"{result['model']['name']}: ONNX Runtime CPU, {env['cpu']}, batch 16, {bench['threads']} threads\n"
-        f"top-1 on {data['name']}, {data['samples']} samples, evaluated in ONNX Runtime",
-        fontsize=9,
-    )
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(ensure_parent_dir(path), dpi=120)
-    plt.close(fig)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--limit", type=int, default=2000, help="Fashion-MNIST test images (seeded sample)")
+    parser.add_argument("--limit", type=int, default=1000, help="Fashion-MNIST test images (seeded sample)")
+    parser.add_argument("--budgets", default="0.6,0.75", help="block FLOPs budgets, comma-separated")
+    parser.add_argument("--search-images", type=int, default=64, help="train images for the schedule searches")
+    parser.add_argument("--search-evals", type=int, default=12, help="candidates scored per search")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=30, help="timed runs per setting and batch size")
-    parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     loaded = load_model("demo")
     data = load_eval_data(loaded, None, args.limit, seed=0, batch_size=32)
+    budgets = [float(b) for b in args.budgets.split(",")]
     result = {
         **run_header(__file__, loaded),
         "data": data.describe(),
         "benchmark": {
-            "runtime": "onnxruntime",
+            "runtimes": list(RUNTIMES),
             "threads": resolve_threads(args.threads),
             "batch_sizes": list(BATCH_SIZES),
-            "warmup": args.warmup,
-            "runs": args.runs,
+            "rounds": args.rounds,
+            "budgets": budgets,
+            "search_images": args.search_images,
+            "search_evals": args.search_evals,
             "inputs": "random normal",
             "accuracy_evaluated_with": "onnxruntime",
         },
-        "variants": run_sweep(loaded, data, args.threads, args.warmup, args.runs),
+        "variants": run(loaded, data, budgets, args),
     }
     markdown = render_markdown(result)
     atomic_write_json(args.out_dir / "tokens_demo.json", result)
     atomic_write_text(args.out_dir / "tokens_demo.md", markdown)
-    plot(result, args.out_dir / "tokens_demo.png")
     print(markdown)
 
 

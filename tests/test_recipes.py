@@ -59,7 +59,13 @@ def test_recipe_from_file_keeps_pipeline_order(tmp_path: Path) -> None:
     recipe = load_recipe(path)
     assert recipe.name == "mine" and recipe.source == str(path)
     assert recipe.to_dict()["stages"] == {
-        "tokens": {"method": "evit", "keep_rate": 0.5, "layers": [1], "proportional_attention": True}
+        "tokens": {
+            "method": "evit",
+            "keep_rate": 0.5,
+            "layers": [1],
+            "proportional_attention": True,
+            "class_token_last_block": False,
+        }
     }
     assert list(recipe.stages) == [s for s in STAGES.names if s in recipe.stages]
 
@@ -71,7 +77,7 @@ def test_recipe_from_file_keeps_pipeline_order(tmp_path: Path) -> None:
         ("stage: {tokens: {r: 8}}", "unknown key 'stage' in recipe bad.yaml; did you mean 'stages'?"),
         ("stages: {tokens: {rr: 8}}", "recipe bad.yaml (stages.tokens): unknown key 'rr'; did you mean 'r'?"),
         ("stages: {tokens: {method: evit, keep_rat: 0.5}}", "did you mean 'keep_rate'?"),
-        ("stages: {tokens: {method: tomee}}", "unknown method 'tomee'; did you mean 'tome'? (available: tome, evit)"),
+        ("stages: {tokens: {method: tomee}}", "unknown method 'tomee'; did you mean 'tome'? (available: tome, evit, prunemerge)"),
         ("stages: {tokens: {r: eight}}", "r must be an integer or a list of integers, got 'eight' (str)"),
         ("stages: {tokens: {proportional_attention: 'yes'}}", "proportional_attention must be true or false"),
         ("stages: {tokens: {method: evit, layers: 3}}", "layers must be a list of integers, got 3 (int)"),

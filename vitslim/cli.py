@@ -31,6 +31,7 @@ from vitslim.cli_options import (
     threads_option,
     timing_options,
 )
+from vitslim.cli_search import search_tokens
 from vitslim.cli_sweep import sweep
 from vitslim.errors import UserError
 from vitslim.files import ensure_parent_dir
@@ -435,6 +436,7 @@ def report(folders: tuple[Path, ...], out_path: Path | None) -> None:
 
 
 cli.add_command(sweep)
+cli.add_command(search_tokens)
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,3 +166,21 @@ def recipe_source(name_or_path: str | Path) -> tuple[Any, str, str]:
 def load_recipe(name_or_path: str | Path) -> Recipe:
     """A built-in recipe by name (see :func:`list_recipes`) or a recipe from a YAML file."""
     return parse_recipe(*recipe_source(name_or_path))
+
+
+def recipe_with_stage(
+    base: str | Path | None, stage: str, settings: Mapping[str, Any], name: str, description: str
+) -> dict[str, Any]:
+    """The mapping of recipe ``base`` as written (None: no stages) with ``stage``'s settings replaced
+    and a new name and description; checked by :func:`parse_recipe`."""
+    data = dict(recipe_source(base)[0]) if base is not None else {}
+    stages = {**dict(data.get("stages") or {}), stage: dict(settings)}
+    data.update(name=name, description=description, stages=stages)
+    parse_recipe(data, f"{name} (built from {base or 'nothing'})", name)
+    return data
+
+
+def recipe_yaml(data: Mapping[str, Any], comment: Iterable[str] = ()) -> str:
+    """``data`` as recipe YAML (key order kept) under ``# `` comment lines."""
+    head = "".join(f"# {line}\n" for line in comment)
+    return head + yaml.safe_dump(dict(data), sort_keys=False, default_flow_style=None, width=110)

@@ -2,6 +2,9 @@
 
 - ToMe-style merging (bipartite soft matching, size-weighted averages, proportional attention)
 - EViT-style pruning (keep the tokens the class token attends to, fuse the rest)
+- prune-and-merge at a few blocks (PPT / DiffRate: rank by class attention x value norm, merge
+  the next into their most similar kept token, prune the tail)
+- optionally, the last block for the class token only (class-token-pooled classifiers; exact)
 
 Both are built from gather / top-k / one-hot matmul only, so with a static schedule the model
 exports to ONNX with static shapes and no scatter-with-reduction (ONNX Runtime, TensorRT).
@@ -16,6 +19,7 @@ from .config import (
     TokenConfigError,
     TokenMergeConfig,
     TokenPruneConfig,
+    TokenPruneMergeConfig,
     TokenReductionConfig,
     token_config_from_dict,
 )
@@ -31,6 +35,13 @@ from .patch import (
     trace_tokens,
 )
 from .prune import PrunePlan, evit_keep_count, evit_select, evit_tokens_out, prune_tokens
+from .prune_merge import (
+    PruneMergePlan,
+    class_attention_score,
+    prune_merge_counts,
+    prune_merge_select,
+    prune_merge_tokens,
+)
 from .schedule import (
     BlockCost,
     LayerReduction,
@@ -46,6 +57,7 @@ from .schedule import (
 __all__ = [
     "TokenMergeConfig",
     "TokenPruneConfig",
+    "TokenPruneMergeConfig",
     "TokenReductionConfig",
     "TokenConfigError",
     "TOKEN_REDUCERS",
@@ -78,4 +90,9 @@ __all__ = [
     "evit_tokens_out",
     "evit_select",
     "prune_tokens",
+    "PruneMergePlan",
+    "class_attention_score",
+    "prune_merge_counts",
+    "prune_merge_select",
+    "prune_merge_tokens",
 ]

@@ -38,11 +38,14 @@ from vitslim.compress.vit.attention import (
 )
 from vitslim.compress.vit.patching import OUTER_PATCH, TOKEN_PATCH, check_vit, patched_class, restore_class
 
-from .config import TokenConfigError, TokenMergeConfig, TokenPruneConfig
+from .config import TOKEN_REDUCERS, TokenConfigError, TokenPruneConfig, TokenPruneMergeConfig, TokenReductionConfig
 from .merge import bipartite_soft_matching, max_merge, merge_tokens
 from .prune import evit_keep_count, evit_select, prune_tokens
+from .prune_merge import class_attention_score, prune_merge_counts, prune_merge_select, prune_merge_tokens
 from .schedule import (
+    LayerOp,
     block_costs,
+    class_rows,
     model_num_tokens,
     resolve_layer_ops,
     simulate_layers,
@@ -81,8 +84,8 @@ class TokenReductionState:
 
     def __init__(
         self,
-        config: TokenMergeConfig | TokenPruneConfig,
-        ops: list[tuple[str | None, float]],
+        config: TokenReductionConfig,
+        ops: list[LayerOp],
         num_prefix_tokens: int,
         proportional_attention: bool,
     ) -> None:
@@ -131,6 +134,13 @@ class TokenReductionState:
             if k < n - p:
                 plan = evit_select(self.cls_attn, k, p)
                 x, self.size = prune_tokens(plan, x, self.size)
+        elif op == "prunemerge":
+            k, m = prune_merge_counts(n - p, *amount)
+            if k < n - p:
+                plan = prune_merge_select(self.cls_attn, self.metric, k, m, p)
+                x, self.size = prune_merge_tokens(plan, x, self.size)
+        elif op == "cls" and self.size is not None:  # the block already kept the class rows only
+            self.size = self.size[:, : x.shape[1]]
         self.metric = self.cls_attn = None
         if self.trace is not None:
             size = self.size if self.size is not None else x.new_ones(x.shape[0], x.shape[1], 1)
@@ -143,16 +153,22 @@ class TokenReductionState:
 
 class _TokenAttention:
     """Mixin for timm ``Attention``: optional log-size bias, and exports the merge metric
-    (keys averaged over heads) or the class-token attention for the block to use."""
+    (keys averaged over heads) or the class-token attention for the block to use; under op "cls"
+    only the class rows are queried."""
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         st: TokenReductionState = getattr(self, _STATE)
         if attn_mask is not None or is_causal:
             raise NotImplementedError("token reduction does not support attn_mask / is_causal")
+        layer = getattr(self, _LAYER)
+        op = st.op(layer)
         gate = attention_gate(self, x)
         q, k, v = attention_operands(self, x)
-        op = st.op(getattr(self, _LAYER))
+        if op == "cls":
+            rows = int(st.ops[layer][1])
+            q, gate = q[:, :, :rows], None if gate is None else gate[:, :rows]
         bias = st.attn_bias(q.dtype)
+        scored = op in ("prune", "prunemerge")
 
         # With a log-size bias the explicit softmax path is used even when timm would fuse:
         # torch.export's decomposition of SDPA with a float mask yields strides that break the
@@ -160,14 +176,15 @@ class _TokenAttention:
         # explicit path is shared with the quantization patch (its matmul quantizer hook points).
         if self.fused_attn and bias is None and not uses_explicit_attention(self):
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
-            if op == "prune":  # only the class token's row is needed
-                row = (q[:, :, :1] * self.scale) @ k.transpose(-2, -1)
-                st.cls_attn = row.softmax(dim=-1)[:, :, 0].mean(dim=1)
+            if scored:  # only the class token's row is needed
+                cls_probs = ((q[:, :, :1] * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)[:, :, 0]
         else:
             x, attn = explicit_attention(self, q, k, v, bias)
-            if op == "prune":
-                st.cls_attn = attn[:, :, 0].mean(dim=1)
-        if op == "merge":  # keys averaged over heads, reduced in the token-major layout they were split in
+            cls_probs = attn[:, :, 0]
+        if scored:
+            value_norm = op == "prunemerge" and st.config.value_norm
+            st.cls_attn = class_attention_score(cls_probs, v if value_norm else None)
+        if op in ("merge", "prunemerge"):  # keys averaged over heads, in the token-major layout they were split in
             st.metric = k.transpose(1, 2).mean(dim=2)
         return attention_output(self, x, gate)
 
@@ -185,7 +202,8 @@ class _TokenBlock:
                 f"block {layer}'s attention module was replaced after apply_token_reduction; "
                 "call remove_token_reduction and apply it again"
             )
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal)))
+        h = self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal)))
+        x = (x[:, : h.shape[1]] if st.op(layer) == "cls" else x) + h
         x = st.reduce(layer, x)
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         return x
@@ -230,21 +248,22 @@ def _patched(cls: type, mixin: type) -> type:
 # --------------------------------------------------------------------------- the verbs
 
 
-def apply_token_reduction(model: nn.Module, cfg: TokenMergeConfig | TokenPruneConfig) -> nn.Module:
+def apply_token_reduction(model: nn.Module, cfg: TokenReductionConfig) -> nn.Module:
     """Patch ``model`` (a timm VisionTransformer) in place for token merging or pruning.
 
     Applying again replaces the previous reduction. Returns ``model``.
     """
-    if not isinstance(cfg, (TokenMergeConfig, TokenPruneConfig)):
-        raise TypeError(f"expected TokenMergeConfig or TokenPruneConfig, got {type(cfg).__name__}")
+    if not isinstance(cfg, tuple(TOKEN_REDUCERS.values())):
+        raise TypeError(f"expected a token-reduction config, got {type(cfg).__name__}")
     check_vit(model, "token reduction", TokenConfigError)
     if is_token_reduced(model):
         remove_token_reduction(model)
     p = int(model.num_prefix_tokens)
-    if isinstance(cfg, TokenPruneConfig) and getattr(model, "cls_token", None) is None:
-        raise TokenConfigError("EViT pruning ranks tokens by class-token attention; this model has no class token")
+    if isinstance(cfg, (TokenPruneConfig, TokenPruneMergeConfig)) and getattr(model, "cls_token", None) is None:
+        raise TokenConfigError(f"{cfg.method} ranks tokens by class-token attention; this model has no class token")
     n = model_num_tokens(model)
-    ops = resolve_layer_ops(cfg, n, len(model.blocks), p, block_costs(model))
+    rows = class_rows(model) if cfg.class_token_last_block else 1
+    ops = resolve_layer_ops(cfg, n, len(model.blocks), p, block_costs(model), rows)
     state = TokenReductionState(cfg, ops, p, cfg.proportional_attention)
 
     model.__class__ = _patched(type(model), _TokenVisionTransformer)

@@ -12,11 +12,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .config import TokenConfigError, TokenMergeConfig, TokenPruneConfig
+from .config import TokenConfigError, TokenMergeConfig, TokenPruneConfig, TokenPruneMergeConfig, TokenReductionConfig
 from .merge import max_merge
 from .prune import evit_tokens_out
+from .prune_merge import prune_merge_counts
+
+#: one block's reduction: ``(op, amount)``; op "merge" (r), "prune" (keep rate), "prunemerge"
+#: ((keep rate, merge rate)), "cls" (the last block for the first ``amount`` tokens only) or None
+LayerOp = tuple[str | None, Any]
 
 __all__ = [
+    "LayerOp",
     "LayerReduction",
     "BlockCost",
     "merge_schedule",
@@ -24,6 +30,7 @@ __all__ = [
     "simulate_layers",
     "block_costs",
     "model_num_tokens",
+    "class_rows",
     "tokens_per_layer",
     "estimate_flops",
 ]
@@ -31,12 +38,12 @@ __all__ = [
 
 @dataclass(frozen=True)
 class LayerReduction:
-    """What one block does: ``op`` is "merge", "prune" or None; ``amount`` the requested
-    r (merge) or keep rate (prune); the token counts are after clamping."""
+    """What one block does: ``op`` and ``amount`` as in :data:`LayerOp`; the token counts are
+    after clamping."""
 
     layer: int
     op: str | None
-    amount: float
+    amount: Any
     tokens_in: int
     tokens_out: int
 
@@ -45,7 +52,7 @@ class LayerReduction:
         return self.tokens_in - self.tokens_out
 
 
-def _distribute(total: int, weights: Sequence[float]) -> list[int]:
+def distribute_total(total: int, weights: Sequence[float]) -> list[int]:
     """Split ``total`` into integers proportional to ``weights`` (largest remainder)."""
     s = float(sum(weights))
     if total <= 0 or s <= 0:
@@ -76,12 +83,10 @@ def merge_schedule(cfg: TokenMergeConfig, depth: int, num_patch_tokens: int, tot
             total = int(round((1.0 - cfg.keep_ratio) * num_patch_tokens))
         else:
             total = int(cfg.r) * depth
-    return _distribute(total, _shape_weights(str(cfg.schedule), depth))
+    return distribute_total(total, _shape_weights(str(cfg.schedule), depth))
 
 
-def simulate_layers(
-    ops: Sequence[tuple[str | None, float]], num_tokens: int, num_prefix_tokens: int = 1
-) -> list[LayerReduction]:
+def simulate_layers(ops: Sequence[LayerOp], num_tokens: int, num_prefix_tokens: int = 1) -> list[LayerReduction]:
     """Token counts through the blocks for per-layer ``ops`` (the same clamping as at run time)."""
     out = []
     n = int(num_tokens)
@@ -91,6 +96,10 @@ def simulate_layers(
             n_out = n - min(int(amount), max_merge(n, p))
         elif op == "prune":
             n_out = evit_tokens_out(n, p, amount)
+        elif op == "prunemerge":
+            n_out = p + prune_merge_counts(n - p, *amount)[0]
+        elif op == "cls":
+            n_out = int(amount)
         else:
             n_out = n
         out.append(LayerReduction(i, op, amount, n, n_out))
@@ -137,6 +146,9 @@ def block_costs(model: Any) -> list[BlockCost]:
 def _layer_macs(cost: BlockCost, red: LayerReduction, num_prefix: int) -> dict[str, int]:
     n, n_out = red.tokens_in, red.tokens_out
     attn = n * cost.attn_linear_macs + 2 * n * n * cost.attn_dim  # projections, QK^T and AV
+    if red.op == "cls":  # q.k, a.v and the output projection for the class rows only
+        proj = cost.attn_dim * cost.embed_dim
+        attn = n * (cost.attn_linear_macs - proj) + n_out * proj + 2 * n_out * n * cost.attn_dim
     mlp = n_out * cost.mlp_linear_macs
     reduce = 0
     if red.removed > 0:
@@ -146,6 +158,10 @@ def _layer_macs(cost: BlockCost, red: LayerReduction, num_prefix: int) -> dict[s
             reduce = na * nb * cost.head_dim + red.removed * nb * (cost.embed_dim + 1)
         elif red.op == "prune":  # weighted fusion of the dropped tokens
             reduce = (red.removed + 1) * cost.embed_dim
+        elif red.op == "prunemerge":  # similarity of merged to kept tokens + combine matmul
+            k = n_out - num_prefix
+            m = prune_merge_counts(t, *red.amount)[1]
+            reduce = m * k * (cost.head_dim + cost.embed_dim + 1)
     return {"attn_macs": attn, "mlp_macs": mlp, "reduce_macs": reduce, "macs": attn + mlp + reduce}
 
 
@@ -154,26 +170,45 @@ def _total_macs(costs: Sequence[BlockCost], reds: Sequence[LayerReduction], num_
 
 
 def resolve_layer_ops(
-    cfg: TokenMergeConfig | TokenPruneConfig | None,
+    cfg: TokenReductionConfig | None,
     num_tokens: int,
     depth: int,
     num_prefix_tokens: int = 1,
     costs: Sequence[BlockCost] | None = None,
-) -> list[tuple[str | None, float]]:
-    """Per-layer ``(op, amount)`` for ``cfg``: ``("merge", r)``, ``("prune", keep_rate)`` or ``(None, 0)``.
+    class_rows: int = 1,
+) -> list[LayerOp]:
+    """Per-layer :data:`LayerOp` for ``cfg`` (``(None, 0)`` where a block does not reduce).
 
-    ``costs`` (from :func:`block_costs`) is needed only for ``flops_ratio``.
+    ``costs`` (from :func:`block_costs`) is needed only for ``flops_ratio``; ``class_rows`` is what
+    the last block keeps under ``class_token_last_block`` (2 with a distillation token).
     """
     if cfg is None:
         return [(None, 0)] * depth
+    ops = _reducer_ops(cfg, num_tokens, depth, num_prefix_tokens, costs)
+    if cfg.class_token_last_block:
+        ops[-1] = ("cls", int(class_rows))
+    return ops
+
+
+def _check_layers(layers: Sequence[int], depth: int, what: str) -> None:
+    bad = [i for i in layers if i >= depth]
+    if bad:
+        raise TokenConfigError(f"{what} layers {bad} are out of range for a model of depth {depth}")
+
+
+def _reducer_ops(
+    cfg: TokenReductionConfig, num_tokens: int, depth: int, num_prefix_tokens: int, costs: Sequence[BlockCost] | None
+) -> list[LayerOp]:
     t = int(num_tokens) - int(num_prefix_tokens)
     if isinstance(cfg, TokenPruneConfig):
-        bad = [i for i in cfg.layers if i >= depth]
-        if bad:
-            raise TokenConfigError(f"prune layers {bad} are out of range for a model of depth {depth}")
+        _check_layers(cfg.layers, depth, "prune")
         return [("prune", cfg.keep_rate) if i in cfg.layers else (None, 0) for i in range(depth)]
+    if isinstance(cfg, TokenPruneMergeConfig):
+        _check_layers(cfg.layers, depth, "prunemerge")
+        rates = dict(zip(cfg.layers, cfg.keep_rates(), strict=True))
+        return [("prunemerge", (rates[i], cfg.merge_rate)) if i in rates else (None, 0) for i in range(depth)]
     if not isinstance(cfg, TokenMergeConfig):
-        raise TypeError(f"expected TokenMergeConfig or TokenPruneConfig, got {type(cfg).__name__}")
+        raise TypeError(f"expected a token-reduction config, got {type(cfg).__name__}")
     if cfg.flops_ratio is None:
         return [("merge", r) for r in merge_schedule(cfg, depth, t)]
     if costs is None:
@@ -211,13 +246,27 @@ def model_num_tokens(model: Any, img_size: int | Sequence[int] | None = None) ->
     return n + int(getattr(model, "num_prefix_tokens", 1))
 
 
-def _model_ops(model: Any, cfg: Any, num_tokens: int) -> list[tuple[str | None, float]]:
+def class_rows(model: Any) -> int:
+    """Rows the last block keeps under ``class_token_last_block``: the class token, and the
+    distillation token where the model has one. A TokenConfigError unless the head reads them only."""
+    if getattr(model, "cls_token", None) is None or getattr(model, "global_pool", None) != "token":
+        raise TokenConfigError(
+            "class_token_last_block needs a classifier that pools the class token (global_pool 'token'), "
+            f"not global_pool {getattr(model, 'global_pool', None)!r}"
+        )
+    if getattr(model, "attn_pool", None) is not None:
+        raise TokenConfigError("class_token_last_block: this model pools by attention over all tokens")
+    return 1 + int(getattr(model, "dist_token", None) is not None)
+
+
+def _model_ops(model: Any, cfg: Any, num_tokens: int) -> list[LayerOp]:
     depth = len(model.blocks)
     p = int(getattr(model, "num_prefix_tokens", 1))
     if cfg is None:
         state = getattr(model, "_tr_state", None)
         return list(state.ops) if state is not None else [(None, 0)] * depth
-    return resolve_layer_ops(cfg, num_tokens, depth, p, block_costs(model))
+    rows = class_rows(model) if cfg.class_token_last_block else 1
+    return resolve_layer_ops(cfg, num_tokens, depth, p, block_costs(model), rows)
 
 
 def tokens_per_layer(
@@ -226,7 +275,7 @@ def tokens_per_layer(
     depth: int | None = None,
     *,
     num_prefix_tokens: int | None = None,
-    cfg: TokenMergeConfig | TokenPruneConfig | None = None,
+    cfg: TokenReductionConfig | None = None,
 ) -> list[int]:
     """Token counts through the blocks: ``[tokens into block 0, ..., into block depth-1, out of the last]``.
 
@@ -252,7 +301,7 @@ def tokens_per_layer(
 
 def estimate_flops(
     model: Any,
-    cfg: TokenMergeConfig | TokenPruneConfig | None = None,
+    cfg: TokenReductionConfig | None = None,
     img_size: int | Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """MACs/FLOPs of the blocks' attention + MLP with reduced token counts, and without.
