@@ -36,9 +36,11 @@ from vitslim.executors import Executor
 from vitslim.export.manifest import precision_table
 from vitslim.export.onnx_export import DEFAULT_OPSET, save_onnx, trace_onnx, with_weights
 from vitslim.export.qdq import QDQ_OPSET, export_quantized_onnx
+from vitslim.evaluate.features import feature_fidelity
 from vitslim.export.validate import parity_of
 from vitslim.measure_openvino import measure_openvino, openvino_latency
 from vitslim.models import LoadedModel
+from vitslim.models.features import split_outputs, with_output
 from vitslim.report.schema import build_report
 
 log = logging.getLogger(__name__)
@@ -255,6 +257,9 @@ class MeasureSettings:
     #: runtimes whose latency is measured ("pytorch", "onnxruntime", "openvino"); with
     #: "openvino" each variant is also converted to OpenVINO IR and evaluated in it
     runtimes: tuple[str, ...] = ("pytorch", "onnxruntime")
+    #: what the models output and are exported with: ``logits`` (their own output), ``pooled``,
+    #: ``patch`` or ``both`` (:mod:`vitslim.models.features`)
+    output: str = "logits"
 
     @property
     def providers(self) -> list:
@@ -270,7 +275,12 @@ class MeasureSettings:
             "warmup": self.warmup,
             "runs": self.runs,
             "runtimes": list(self.runtimes),
+            "output": self.output,
         }
+
+    def classifier(self, loaded: LoadedModel) -> bool:
+        """Whether outputs are compared as logits (a classifier's own output), not as features."""
+        return loaded.num_classes > 0 and self.output == "logits"
 
 
 def measure_variant(
@@ -286,11 +296,14 @@ def measure_variant(
     """Evaluate ``model`` in PyTorch (fidelity against ``reference``, itself when None), export it
     to ``<out_dir>/model_<name>.onnx`` (``graphs`` and ``reuse``: :func:`export_variant`), check
     the export on the same data (and as OpenVINO IR when that runtime is measured) and time the
-    runtimes. Returns the report variant and the PyTorch outputs."""
-    classifier = loaded.num_classes > 0
+    runtimes. Returns the report variant and the PyTorch outputs (``settings.output``'s)."""
+    classifier = settings.classifier(loaded)
+    model = with_output(model, settings.output, loaded.num_classes > 0)
     start = time.perf_counter()
     outputs = evaluate_torch(model, settings.data, settings.threads, settings.progress)
     scores = score(outputs, reference, classifier)
+    if settings.output != "logits":
+        scores.update(_feature_scores(model.layout(loaded.input_size), outputs, reference))
     log.info("%s: PyTorch %s (%.1f s)", name, _scores_text(scores), time.perf_counter() - start)
     onnx_path, onnx_record = _export_checked(name, model, loaded, settings, outputs, graphs, reuse)
     extra: dict[str, Any] = {}
@@ -310,6 +323,13 @@ def measure_variant(
         "latency": [entry.to_dict() for entry in latency],
     }
     return variant, outputs
+
+
+def _feature_scores(layout: list[tuple[str, tuple[int, ...]]], outputs: Outputs, reference: Outputs | None) -> dict:
+    """The variant's ``outputs`` (name: per-image shape) and ``features`` fidelity record."""
+    parts = split_outputs(outputs.logits, layout)
+    ref = parts if reference is None else split_outputs(reference.logits, layout)
+    return {"outputs": {name: list(shape) for name, shape in layout}, "features": feature_fidelity(ref, parts, outputs.labels)}
 
 
 def _agreement_text(agreement: float | None) -> str:
@@ -332,7 +352,7 @@ def _export_checked(
     size_mb = onnx_path.stat().st_size / 1e6
     log.info("%s: exported %s, %.1f MB (%.1f s)", name, onnx_path.name, size_mb, time.perf_counter() - start)
     onnx_outputs = evaluate_onnx(onnx_path, settings.data, settings.threads, settings.progress, settings.providers)
-    parity = onnx_parity(outputs, onnx_outputs, onnx_path, opset, loaded.num_classes > 0)
+    parity = onnx_parity(outputs, onnx_outputs, onnx_path, opset, settings.classifier(loaded))
     log.info(
         "%s: ONNX Runtime vs PyTorch: agreement %s, max abs diff %.3g",
         name,

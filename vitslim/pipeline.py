@@ -276,6 +276,7 @@ def compress(
     target: str | None = None,
     executor: Executor | None = None,
     workers: int = 0,
+    output: str = "logits",
 ) -> dict:
     """Run ``recipe`` on ``loaded`` and write report.json, report.md, report.html, manifest.json and
     one ONNX model per variant into ``out`` (``model_<variant>.failed.onnx`` when it failed the
@@ -291,6 +292,8 @@ def compress(
     recipe's stages that cannot pay there (:meth:`Recipe.for_target`), said in the report.
     ``executor`` (e.g. a :class:`~vitslim.executors.RayExecutor`): PyTorch and ONNX Runtime
     evaluations run in ``workers`` shards on it (0: as many as it has room for), merged exactly.
+    ``output``: what every variant outputs and is exported with (``logits``: the model's own output;
+    ``pooled``, ``patch``, ``both``: :mod:`vitslim.models.features`), feature fidelity measured on it.
     Returns the report dict."""
     torch_device = resolve_device(device)
     dropped: dict[str, str] = {}
@@ -311,7 +314,7 @@ def compress(
         log.info("stages: %s", "; ".join(f"{name} ({cfg.describe()})" for name, cfg in recipe.stages.items()))
         loaded.model.to(torch_device)
         settings = MeasureSettings(
-            eval_data, staging, threads, list(batch_sizes), progress, warmup, runs, torch_device, tuple(runtimes)
+            eval_data, staging, threads, list(batch_sizes), progress, warmup, runs, torch_device, tuple(runtimes), output
         )
         ctx = StageContext(loaded, calib, seed, progress, eval_batch_size)
         preflight(loaded, recipe, next(iter(eval_data.batches))[0], eval_data.name, ctx)

@@ -115,8 +115,10 @@ def check_parity(
     *,
     threads: int = 0,
     optimize: bool = True,
+    classifier: bool = True,
 ) -> Parity:
-    """Run ``inputs`` through ``model`` (eval mode, CPU) and ONNX Runtime on ``path``. ``optimize=False``:
+    """Run ``inputs`` through ``model`` (eval mode, CPU) and ONNX Runtime on ``path`` (every output;
+    top-1 agreement only for one 2-D output of a ``classifier``). ``optimize=False``:
     ONNX Runtime runs the graph as written (Q/DQ as float ops): the export itself, apart from the
     CPU's integer kernels."""
     from vitslim.evaluate.runtimes import ort_session
@@ -127,13 +129,16 @@ def check_parity(
     model, meter = model.eval(), _Meter()
     with torch.no_grad():
         for batch in _batches(inputs):
-            ref = model(batch.float()).float()
-            out = torch.from_numpy(session.run(None, {name: batch.float().numpy()})[0])
-            if out.shape != ref.shape:
+            refs = model(batch.float())
+            refs = refs if isinstance(refs, (tuple, list)) else (refs,)
+            outs = [torch.from_numpy(out) for out in session.run(None, {name: batch.float().numpy()})]
+            shapes = [tuple(out.shape) for out in outs]
+            if shapes != [tuple(ref.shape) for ref in refs]:
                 raise UserError(
-                    f"{path.name}: ONNX output shape {tuple(out.shape)} differs from PyTorch's {tuple(ref.shape)}"
+                    f"{path.name}: ONNX output shapes {shapes} differ from PyTorch's {[tuple(r.shape) for r in refs]}"
                 )
-            meter.add(ref, out, classifier=ref.ndim == 2)
+            for ref, out in zip(refs, outs, strict=True):  # logits of a classifier, features (pooled, patch)
+                meter.add(ref.float(), out, classifier=ref.ndim == 2 and len(refs) == 1 and classifier)
     if meter.samples == 0:
         raise UserError("validation needs at least one input batch")
     return meter.parity()

@@ -41,6 +41,7 @@ from vitslim.compress.vit.patching import OUTER_PATCH, TOKEN_PATCH, check_vit, p
 from .config import TokenConfigError, TokenMergeConfig, TokenPruneConfig
 from .merge import bipartite_soft_matching, max_merge, merge_tokens
 from .prune import evit_keep_count, evit_select, prune_tokens
+from .unmerge import PositionTracker, merge_rows, prune_rows
 from .schedule import (
     block_costs,
     model_num_tokens,
@@ -94,12 +95,16 @@ class TokenReductionState:
         self.metric: torch.Tensor | None = None
         self.cls_attn: torch.Tensor | None = None
         self.trace: list[TokenTrace] | None = None
+        #: when set, each forward follows the original token positions (:mod:`.unmerge`)
+        self.track_positions = False
+        self.positions = PositionTracker()
 
     def __repr__(self) -> str:
         return f"TokenReductionState(config={self.config!r}, prefix={self.num_prefix_tokens})"
 
     def begin(self) -> None:
         self.size = self.metric = self.cls_attn = None
+        self.positions = PositionTracker()
 
     def remove(self, model: nn.Module) -> None:
         remove_token_reduction(model)
@@ -126,11 +131,15 @@ class TokenReductionState:
             if r > 0:
                 plan = bipartite_soft_matching(self.metric, r, p)
                 x, self.size = merge_tokens(plan, x, self.size)
+                if self.track_positions:
+                    self.positions.follow(merge_rows(plan))
         elif op == "prune":
             k = evit_keep_count(n - p, amount)
             if k < n - p:
                 plan = evit_select(self.cls_attn, k, p)
                 x, self.size = prune_tokens(plan, x, self.size)
+                if self.track_positions:
+                    self.positions.follow(prune_rows(plan))
         self.metric = self.cls_attn = None
         if self.trace is not None:
             size = self.size if self.size is not None else x.new_ones(x.shape[0], x.shape[1], 1)
