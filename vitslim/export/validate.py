@@ -51,6 +51,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 #: Default minimum top-1 agreement between an export and PyTorch.
 DEFAULT_AGREEMENT = 0.99
+#: the smallest per-image cosine with PyTorch a headless export (features) passes with
+DEFAULT_COSINE = 0.99
 
 
 # --------------------------------------------------------------------------- parity
@@ -89,12 +91,17 @@ class _Meter:
 
 def parity_of(reference: torch.Tensor, outputs: torch.Tensor, classifier: bool) -> dict[str, Any]:
     """Max abs difference and top-1 agreement (None unless ``classifier``) of ``outputs`` against
-    ``reference`` (logits of the same inputs), and the sample count: a report's parity record."""
+    ``reference`` (outputs of the same inputs), and the sample count: a report's parity record.
+    Features (not ``classifier``) add the smallest per-image ``cosine`` of the two."""
     meter = _Meter()
     meter.add(reference, outputs, classifier)
     result = meter.parity()
     agreement = result.top1_agreement if classifier else None
-    return {"max_abs_diff": result.max_abs_diff, "top1_agreement": agreement, "samples": result.samples}
+    record = {"max_abs_diff": result.max_abs_diff, "top1_agreement": agreement, "samples": result.samples}
+    if not classifier:
+        cos = torch.nn.functional.cosine_similarity(reference.flatten(1).double(), outputs.flatten(1).double(), dim=1)
+        record["cosine"] = float(cos.min())
+    return record
 
 
 def _batches(inputs: torch.Tensor | Iterable) -> Iterable[torch.Tensor]:
@@ -188,7 +195,9 @@ def _fraction(value: Any, name: str) -> None:
 class ValidateStage:
     """An exported variant passes when its top-1 agreement with PyTorch on the evaluation data is
     at least ``min_agreement`` and, when set, its max abs output difference is at most
-    ``max_abs_diff``; a failing file is renamed ``<name>.failed.onnx``.
+    ``max_abs_diff``; a failing file is renamed ``<name>.failed.onnx``. A headless export (features,
+    no top-1) is judged by the cosine of its outputs with PyTorch's: at least ``min_cosine`` on
+    every image.
 
     ``noise_floor``: when the agreement is under ``min_agreement``, also measure how often the
     PyTorch model disagrees with itself when its inputs are perturbed at float-rounding level
@@ -199,12 +208,14 @@ class ValidateStage:
 
     min_agreement: float = DEFAULT_AGREEMENT
     max_abs_diff: float | None = None
+    min_cosine: float = DEFAULT_COSINE
     noise_floor: bool = True
     significance: float = 0.01
 
     def __post_init__(self) -> None:
         _fraction(self.min_agreement, "min_agreement")
         _fraction(self.significance, "significance")
+        _fraction(self.min_cosine, "min_cosine")
         check_flag(self.noise_floor, "noise_floor")
         limit = self.max_abs_diff
         if limit is not None and (
@@ -217,6 +228,7 @@ class ValidateStage:
         text = f"top-1 agreement >= {self.min_agreement:.2%}"
         if self.noise_floor:
             text += " (or within the noise floor)"
+        text += f" (features: cosine >= {self.min_cosine:g} on every image)"
         return text if self.max_abs_diff is None else f"{text}, max abs diff <= {self.max_abs_diff:g}"
 
     def needs_noise_floor(self, parity: Mapping[str, Any]) -> bool:
@@ -239,6 +251,9 @@ class ValidateStage:
                         f"top-1 agreement {agreement:.2%} < {self.min_agreement:.2%}, and significantly under "
                         f"PyTorch's own noise floor {floor:.2%} (p = {p:.2g})"
                     )
+        cosine = parity.get("cosine")
+        if agreement is None and cosine is not None and cosine < self.min_cosine:
+            out.append(f"feature cosine {cosine:.4f} < {self.min_cosine:g} on some image")
         if self.max_abs_diff is not None and parity["max_abs_diff"] > self.max_abs_diff:
             out.append(f"max abs diff {parity['max_abs_diff']:.3g} > {self.max_abs_diff:.3g}")
         return out
