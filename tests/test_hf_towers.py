@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import onnx
 import pytest
 import safetensors.torch
 import torch
@@ -70,15 +71,41 @@ def test_non_vit_towers_are_one_clear_error(tmp_path: Path) -> None:
 
 
 def test_tower_through_every_stage(tmp_path: Path, image_folder: Path) -> None:
-    """A full SigLIP model (no class token, attention-pool head); timm's CLIP tower runs every recipe in test_zoo."""
+    """A full SigLIP model (no class token, attention-pool head) with both feature outputs; timm's
+    CLIP tower runs every recipe in test_zoo."""
     architecture = "SiglipModel"
     save_hf_tower(architecture, tmp_path / "model")
     recipe = tmp_path / "all-stages.yaml"
     recipe.write_text(ALL_STAGES)
     out = tmp_path / "out"
-    args = ["compress", "--model", str(tmp_path / "model"), "--recipe", str(recipe)]
+    args = ["compress", "--model", str(tmp_path / "model"), "--recipe", str(recipe), "--output", "both"]
     result = run(*args, "--data", str(image_folder), "--calib", str(image_folder), *FAST, "--out", str(out))
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["model"]["source"].startswith(f"Hugging Face {architecture} folder")
     check_report(report, "all-stages", classifier=False)
+    for variant in report["variants"]:  # the unmerged patch map keeps fp32's shape after merging
+        assert variant["outputs"] == {"pooled": [32], "patch": [16, 32]}
+        assert variant["onnx"]["cosine"] > 0.99 and 0.5 < variant["features"]["pooled_cosine"] <= 1.0 + 1e-9
+    graph = onnx.load(str(out / "model_quant.onnx")).graph
+    assert [o.name for o in graph.output] == ["pooled", "patch"]
+    assert "Feature fidelity vs fp32" in (out / "report.md").read_text()
+    assert "Feature fidelity against fp32" in (out / "report.html").read_text()
+
+
+def test_export_and_eval_feature_outputs(tmp_path: Path, image_folder: Path) -> None:
+    pytest.importorskip("openvino")
+    save_hf_tower("CLIPVisionModelWithProjection", tmp_path / "model")
+    path = tmp_path / "clip.onnx"
+    result = run("export", "--model", str(tmp_path / "model"), "--out", str(path), "--output", "both")
+    assert result.exit_code == 0, result.output
+    assert "top-1 agreement" not in result.output and [o.name for o in onnx.load(str(path)).graph.output] == [
+        "pooled",
+        "patch",
+    ]
+    args = ["eval", "--model", str(tmp_path / "model"), "--data", str(image_folder), "--onnx", str(path)]
+    result = run(*args, "--output", "both", "--runtime", "openvino")
+    assert result.exit_code == 0, result.output
+    assert "patch_cosine=1.0000" in result.output and "openvino:clip.onnx" in result.output
+    result = run(*args, "--output", "pooled")
+    assert result.exit_code != 0 and "export it with the same --output" in result.output

@@ -185,6 +185,7 @@ def onnx_parity(reference: Outputs, onnx_outputs: Outputs, path: Path, opset: in
         "top1_agreement": parity["top1_agreement"],
         "top1": topk_accuracy(onnx_outputs, 1) if classifier else None,
         "samples": parity["samples"],
+        **({"cosine": parity["cosine"]} if "cosine" in parity else {}),
     }
 
 
