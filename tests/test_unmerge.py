@@ -97,6 +97,6 @@ def test_feature_outputs_run_in_openvino(tmp_path: Path) -> None:
     apply_token_reduction(model, TokenMergeConfig(r=3))
     wrapped = FeatureOutputs(model, "patch", classifier=False)
     path = export_onnx(wrapped, tmp_path / "m.onnx", (3, 32, 32))
-    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    images = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))  # OpenVINO once failed from image 9
     ours, theirs = torch_runner(wrapped)(images), ov_runner(path, precision="f32")(images)
-    assert theirs.shape == (2, 16, model.embed_dim) and float((ours - theirs).abs().max()) < 1e-4
+    assert theirs.shape == (16, 16, model.embed_dim) and float((ours - theirs).abs().max()) < 1e-4

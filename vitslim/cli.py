@@ -133,7 +133,7 @@ def eval_command(
     json_path: Path | None,
 ) -> None:
     """Top-1/top-5 on labelled data; with --onnx, fidelity of the exported model against PyTorch."""
-    from vitslim.measure import load_eval_data, shard_eval_data
+    from vitslim.measure import evaluate_model, load_eval_data, shard_eval_data
 
     runtimes_of(runtime)  # OpenVINO missing: fail before any work
     eval_data = load_eval_data(loaded, data, limit, seed, batch_size)
@@ -141,7 +141,7 @@ def eval_command(
     if pool is not None:
         shard_eval_data(eval_data, pool, workers or pool.capacity(), pool.cpus)
     try:
-        results = _evaluate(loaded, eval_data, threads, onnx_path, runtime, output)
+        results = evaluate_model(loaded, eval_data, threads, onnx_path, runtime, output, show_progress())
     finally:
         if pool is not None:
             pool.close()
@@ -152,35 +152,6 @@ def eval_command(
     for row in results:
         click.echo("  " + "  ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
     emit({"model": loaded.name, "data": eval_data.describe(), "results": results}, json_path)
-
-
-def _evaluate(
-    loaded: LoadedModel, eval_data: Any, threads: int, onnx_path: Path | None, runtime: str, output: str
-) -> list[dict]:
-    """PyTorch's scores, and the exported model's against PyTorch when given (``output``: what
-    both output; features are compared by :mod:`vitslim.evaluate.features`)."""
-    from vitslim.evaluate.accuracy import score
-    from vitslim.evaluate.features import feature_fidelity
-    from vitslim.measure import evaluate_export, evaluate_torch
-    from vitslim.models.features import split_outputs, with_output
-
-    classifier = loaded.num_classes > 0 and output == "logits"
-    model = with_output(loaded.model, output, loaded.num_classes > 0)
-    reference = evaluate_torch(model, eval_data, threads, show_progress())
-    results = [{"name": "pytorch", **score(reference, None, classifier)}]
-    if onnx_path is not None:
-        name, outputs = evaluate_export(onnx_path, runtime, eval_data, threads, show_progress())
-        if outputs.logits.shape != reference.logits.shape:
-            raise UserError(f"{onnx_path} outputs {outputs.logits.shape[1]} values per image, the model with "
-                            f"--output {output} {reference.logits.shape[1]}: export it with the same --output")
-        results.append({"name": name, **score(outputs, reference, classifier)})
-    if output != "logits":
-        layout = model.layout(loaded.input_size)
-        ref = split_outputs(reference.logits, layout)
-        results[0].update(feature_fidelity(ref, ref, reference.labels))
-        for row, run in zip(results[1:], [outputs] if onnx_path is not None else [], strict=True):
-            row.update(feature_fidelity(ref, split_outputs(run.logits, layout), run.labels))
-    return results
 
 
 def _fmt(value: Any) -> str:

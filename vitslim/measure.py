@@ -148,6 +148,38 @@ def evaluate_export(
     return f"openvino:{path.name} ({precision})", outputs
 
 
+def evaluate_model(
+    loaded: LoadedModel,
+    data: EvalData,
+    threads: int,
+    onnx_path: Path | None = None,
+    runtime: str = "onnxruntime",
+    output: str = "logits",
+    progress: bool = True,
+) -> list[dict]:
+    """PyTorch's scores on ``data`` and, with ``onnx_path``, the exported file's against PyTorch
+    in ``runtime`` (``vitslim eval``). ``output``: what both output (the file must have been
+    exported with it); features add their fidelity record (:mod:`vitslim.evaluate.features`)."""
+    classifier = loaded.num_classes > 0 and output == "logits"
+    model = with_output(loaded.model, output, loaded.num_classes > 0)
+    reference = evaluate_torch(model, data, threads, progress)
+    runs = [("pytorch", reference)]
+    if onnx_path is not None:
+        runs.append(evaluate_export(onnx_path, runtime, data, threads, progress))
+        if runs[-1][1].logits[0].numel() != reference.logits[0].numel():
+            raise UserError(
+                f"{onnx_path} outputs {runs[-1][1].logits[0].numel()} values per image, the model with --output "
+                f"{output} {reference.logits[0].numel()}: export it with the same --output"
+            )
+    results = [{"name": name, **score(outputs, reference, classifier)} for name, outputs in runs]
+    if output != "logits":
+        layout = model.layout(loaded.input_size)
+        ref = split_outputs(reference.logits, layout)
+        for row, (_, outputs) in zip(results, runs, strict=True):
+            row.update(feature_fidelity(ref, split_outputs(outputs.logits, layout), outputs.labels))
+    return results
+
+
 #: Relative input perturbation of the noise-floor check: float32 rounding level, a few ulps.
 NOISE_FLOOR_INPUT = 1e-6
 
