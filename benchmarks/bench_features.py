@@ -5,8 +5,9 @@ vitslim's ``w8a8`` and ``cpu`` recipes, judged the way retrieval and k-NN users 
 
 Each variant is built by the pipeline as ``vitslim compress`` builds it, exported with
 ``--output both`` (pooled embedding and patch-token map, unmerged after ToMe; the gallery with
-``--output pooled``) and run in ONNX Runtime. Gallery: ``--gallery`` seeded Fashion-MNIST *train* images (seed 1; the recipes calibrate on
-other train images, seed 0), queries: ``--queries`` seeded *test* images. Per variant:
+``--output pooled``) and run in ONNX Runtime. Gallery: ``--gallery`` seeded Fashion-MNIST *train*
+images (seed 1; the recipes calibrate on a seed-0 sample of the train images), queries:
+``--queries`` seeded *test* images. Per variant:
 
 * kNN top-1 of the queries against the gallery (cosine-weighted vote of the 10 nearest, as DINO's
   k-NN evaluation), the gallery embedded by the same variant (a re-indexed deployment) and by fp32

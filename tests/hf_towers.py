@@ -51,7 +51,8 @@ def save_hf_tower(architecture: str, folder: Path, seed: int = 0) -> torch.nn.Mo
             param.normal_(0.0, param[0].numel() ** -0.5 if matrix else 1.0)
     model.save_pretrained(folder)
     if TOWERS[architecture][0] == "clip":
-        processor = transformers.CLIPImageProcessor(size={"shortest_edge": 40}, crop_size={"height": SIZE, "width": SIZE})
+        crop = {"height": SIZE, "width": SIZE}
+        processor = transformers.CLIPImageProcessor(size={"shortest_edge": 40}, crop_size=crop)
     else:
         processor = transformers.SiglipImageProcessor(size={"height": SIZE, "width": SIZE})
     processor.save_pretrained(folder)

@@ -45,3 +45,23 @@ def test_recall_and_knn_on_a_known_gallery() -> None:
     gallery, gallery_labels = emb[[0, 2]], torch.tensor([1, 0])  # a gallery with the labels the other way round
     assert knn_top1(emb, labels, gallery, gallery_labels, k=1) == 0.0
     assert knn_top1(emb, torch.tensor([-1, -1, -1, -1]), k=1) is None
+
+
+def test_report_shows_feature_fidelity_and_headless_summaries() -> None:
+    from tests.test_report import sample_report
+    from vitslim.report import render_markdown
+    from vitslim.report.features import feature_figure
+
+    report = sample_report()
+    fp32 = report["variants"][0]
+    fp32.update(top1=None, top5=None, agreement=None, cosine=1.0)
+    assert "| fp32 | cosine 1.0000 |" in render_markdown(report)  # a headless run's summary, not "agreement n/a"
+    quant = {**fp32, "name": "quant", "cosine": 0.97}
+    features = {"pooled_cosine": 0.98, "pooled_cosine_worst_1pct": 0.9, "patch_cosine": 0.95, "recall_at_10": 0.8}
+    quant.update(outputs={"pooled": [384], "patch": [256, 384]}, features={**features, "recall_at_1": 0.5})
+    report["variants"].append(quant)
+    text = render_markdown(report)
+    assert "| quant | pooled cosine 0.9800, recall@10 80.00% |" in text
+    assert "Feature fidelity vs fp32 (outputs per image: pooled 384, patch 256x384)" in text
+    assert "| quant | 0.9800 | 0.9000 | 0.9500 | 50.00% | 80.00% |" in text  # columns of measured figures only
+    assert feature_figure(report)[:4] == b"\x89PNG"

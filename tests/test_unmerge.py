@@ -55,7 +55,10 @@ def test_positions_compose_over_steps() -> None:
     assert torch.equal(unmerge_patches(x, None, 1), x[:, 1:])
 
 
-@pytest.mark.parametrize("config", [TokenMergeConfig(r=0), TokenMergeConfig(r=3), TokenPruneConfig(keep_rate=0.5, layers=(0,))])
+CONFIGS = [TokenMergeConfig(r=0), TokenMergeConfig(r=3), TokenPruneConfig(keep_rate=0.5, layers=(0,))]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
 def test_patch_map_keeps_the_unreduced_shape(config) -> None:
     model = tiny_vit("vit", img_size=32, patch_size=8, num_classes=5)
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -362,7 +362,8 @@ def _feature_scores(layout: list[tuple[str, tuple[int, ...]]], outputs: Outputs,
     """The variant's ``outputs`` (name: per-image shape) and ``features`` fidelity record."""
     parts = split_outputs(outputs.logits, layout)
     ref = parts if reference is None else split_outputs(reference.logits, layout)
-    return {"outputs": {name: list(shape) for name, shape in layout}, "features": feature_fidelity(ref, parts, outputs.labels)}
+    shapes = {name: list(shape) for name, shape in layout}
+    return {"outputs": shapes, "features": feature_fidelity(ref, parts, outputs.labels)}
 
 
 def _agreement_text(agreement: float | None) -> str:
