@@ -3,6 +3,7 @@ feature outputs (pooled, patch) exported as named ONNX outputs."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import onnx
@@ -77,6 +78,8 @@ def test_patch_map_keeps_the_unreduced_shape(config) -> None:
 
 
 def test_feature_outputs_export_as_named_outputs(tmp_path: Path) -> None:
+    """Both outputs of a ViT merged in two blocks, in ONNX Runtime and OpenVINO (16 images: OpenVINO
+    once returned zeros from the 9th image of a batch on, after a second merge)."""
     model = tiny_vit("vit", img_size=32, patch_size=8, num_classes=0)
     apply_token_reduction(model, TokenMergeConfig(r=3))
     wrapped = FeatureOutputs(model, "both", classifier=False)
@@ -85,21 +88,12 @@ def test_feature_outputs_export_as_named_outputs(tmp_path: Path) -> None:
     graph = onnx.load(str(path)).graph
     assert [o.name for o in graph.output] == ["pooled", "patch"]
     assert [d.dim_value for d in graph.output[1].type.tensor_type.shape.dim][1:] == [16, model.embed_dim]
-    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    images = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     ours, theirs = torch_runner(wrapped)(images), ort_runner(str(path))(images)
     assert float((ours - theirs).abs().max()) < 1e-4
     parts = split_outputs(theirs, wrapped.layout((3, 32, 32)))
-    assert parts["pooled"].shape == (3, model.embed_dim) and parts["patch"].shape == (3, 16, model.embed_dim)
+    assert parts["pooled"].shape == (16, model.embed_dim) and parts["patch"].shape == (16, 16, model.embed_dim)
+    if importlib.util.find_spec("openvino") is not None:
+        from vitslim.evaluate.openvino_runtime import ov_runner
 
-
-def test_feature_outputs_run_in_openvino(tmp_path: Path) -> None:
-    pytest.importorskip("openvino")
-    from vitslim.evaluate.openvino_runtime import ov_runner
-
-    model = tiny_vit("vit", img_size=32, patch_size=8, num_classes=0)
-    apply_token_reduction(model, TokenMergeConfig(r=3))
-    wrapped = FeatureOutputs(model, "patch", classifier=False)
-    path = export_onnx(wrapped, tmp_path / "m.onnx", (3, 32, 32))
-    images = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))  # OpenVINO once failed from image 9
-    ours, theirs = torch_runner(wrapped)(images), ov_runner(path, precision="f32")(images)
-    assert theirs.shape == (16, 16, model.embed_dim) and float((ours - theirs).abs().max()) < 1e-4
+        assert float((ours - ov_runner(path, precision="f32")(images)).abs().max()) < 1e-4
