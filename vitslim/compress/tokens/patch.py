@@ -41,13 +41,13 @@ from vitslim.compress.vit.patching import OUTER_PATCH, TOKEN_PATCH, check_vit, p
 from .config import TokenConfigError, TokenMergeConfig, TokenPruneConfig
 from .merge import bipartite_soft_matching, max_merge, merge_tokens
 from .prune import evit_keep_count, evit_select, prune_tokens
-from .unmerge import PositionTracker, merge_rows, prune_rows
 from .schedule import (
     block_costs,
     model_num_tokens,
     resolve_layer_ops,
     simulate_layers,
 )
+from .unmerge import PositionTracker, merge_rows, prune_rows
 
 __all__ = [
     "TokenReductionState",
