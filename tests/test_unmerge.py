@@ -15,7 +15,7 @@ from vitslim.compress.tokens import apply_token_reduction
 from vitslim.compress.tokens.config import TokenMergeConfig, TokenPruneConfig
 from vitslim.compress.tokens.merge import bipartite_soft_matching, merge_tokens
 from vitslim.compress.tokens.prune import evit_select, prune_tokens
-from vitslim.compress.tokens.unmerge import PositionTracker, merge_rows, prune_rows, unmerge_patches
+from vitslim.compress.tokens.unmerge import PositionTracker, merge_rows, nearest_kept, prune_rows, unmerge_patches
 from vitslim.evaluate.accuracy import ort_runner, torch_runner
 from vitslim.export.onnx_export import export_onnx
 from vitslim.models.features import FeatureOutputs, split_outputs
@@ -44,6 +44,14 @@ def test_prune_rows_send_dropped_tokens_to_the_fused_token() -> None:
     rows = prune_rows(plan)
     assert rows.tolist() == [[0, 1, 3, 2, 3, 3]]  # kept 1 and 3 in order, the others fused (row 3)
     assert out.shape[1] == 4
+
+
+def test_pruned_positions_take_the_nearest_kept_token() -> None:
+    positions = torch.tensor([[0, 1, 3, 2, 3, 3]])  # patches 0 and 2 kept alone, 1, 3 and 4 fused in row 3
+    filled = nearest_kept(positions, num_prefix=1, grid=(1, 5))
+    assert filled.tolist() == [[0, 1, 1, 2, 2, 2]]  # 1: patches 0 and 2 are as near, the first wins
+    grid = nearest_kept(torch.tensor([[0, 2, 2, 1, 2]]), num_prefix=1, grid=(2, 2))
+    assert grid.tolist() == [[0, 1, 1, 1, 1]]  # on a 2x2 grid every position is next to the lone kept one
 
 
 def test_positions_compose_over_steps() -> None:

@@ -7,7 +7,8 @@
   SigLIP: the attention-pool head);
 * ``patch``: the patch tokens after the final norm, ``[B, H*W, C]``; after token merging or
   pruning every original position takes the value of the token it ended in
-  (:mod:`vitslim.compress.tokens.unmerge`), so the map keeps the unreduced shape.
+  (:mod:`vitslim.compress.tokens.unmerge`; a pruned position the nearest kept token's), so the
+  map keeps the unreduced shape.
 
 :class:`FeatureOutputs` shares the model's parameters and submodules under the same names (its
 state_dict, quantization sites and ONNX initializer names are the model's), and names the ONNX
@@ -52,8 +53,8 @@ class FeatureOutputs(nn.Module):
         return [(name, tuple(out.shape[1:])) for name, out in zip(self.output_names, outs, strict=True)]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        from vitslim.compress.tokens import token_reduction_state
-        from vitslim.compress.tokens.unmerge import unmerge_patches
+        from vitslim.compress.tokens import TokenPruneConfig, token_reduction_state
+        from vitslim.compress.tokens.unmerge import nearest_kept, unmerge_patches
 
         model = self.inner
         state = token_reduction_state(model)
@@ -64,6 +65,8 @@ class FeatureOutputs(nn.Module):
             tokens = model.forward_features(images)
             pooled = model.forward_head(tokens, pre_logits=self.classifier)
             positions = None if state is None else state.positions.positions
+            if positions is not None and isinstance(state.config, TokenPruneConfig):
+                positions = nearest_kept(positions, model.num_prefix_tokens, model.patch_embed.grid_size)
             patch = unmerge_patches(tokens, positions, model.num_prefix_tokens)
         finally:
             if state is not None:
