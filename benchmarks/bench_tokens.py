@@ -158,7 +158,8 @@ def render_markdown(result: dict) -> str:
         drop = "n/a" if row["top1"] is None else f"{100 * (row['top1'] - base_top1):+.2f}"
         lines.append(
             f"| {row['name']} | {row['description']} | {row['flops_ratio']:.3f} | {_pct(row['top1'])} | {drop} "
-            f"| {_pct(row['agreement'])} | " + " | ".join(_lat(row, k) for k in keys)
+            f"| {_pct(row['agreement'])} | "
+            + " | ".join(_lat(row, k) for k in keys)
             + f" | {row['onnx_max_abs_diff_vs_pytorch']:.1e} |"
         )
     lines += [

@@ -110,3 +110,24 @@ def test_demo_command_end_to_end(tmp_path: Path) -> None:
     html = (out / "report.html").read_text()
     assert html.count("<img ") == 4  # accuracy vs latency, tokens, bits per layer, sensitivity
     assert "## Quantization" in (out / "report.md").read_text() and "onnxruntime" in result.output
+
+
+def test_demo_backbone_features_through_token_merging(tmp_path: Path) -> None:
+    """The demo backbone with --output both through the cpu recipe's merging: the patch map keeps
+    fp32's shape, and ONNX Runtime and OpenVINO (batches past 8 images) reproduce both outputs."""
+    pytest.importorskip("openvino")
+    recipe = tmp_path / "tome.yaml"
+    recipe.write_text("name: tome\nstages:\n  tokens: {method: tome, flops_ratio: 0.7, schedule: constant}\n")
+    out = tmp_path / "run"
+    args = ["--quiet", "compress", "--model", "demo", "--recipe", str(recipe), "--output", "both", "--limit", "16"]
+    args += ["--runtime", "all", "--batch-sizes", "1", "--runs", "2", "--warmup", "0", "--out", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    fp32, tokens = report["variants"]
+    assert fp32["outputs"] == tokens["outputs"] == {"pooled": [384], "patch": [256, 384]}
+    assert tokens["tokens_per_layer"][-1] < 257 and report["validation_failures"] == []
+    for variant in (fp32, tokens):
+        assert variant["onnx"]["validation"]["passed"] and variant["openvino"]["validation"]["passed"]
+        assert variant["onnx"]["cosine"] > 0.99 and variant["openvino"]["parity_f32"]["cosine"] > 0.99  # near-ties
+    assert 0.9 < tokens["features"]["pooled_cosine"] < 1.0 and tokens["features"]["recall_at_10"] is not None

@@ -63,7 +63,7 @@ def test_pipeline_quantizes_a_copy_on_seeded_calibration_images(image_folder: Pa
     recipe = parse_recipe(
         {"stages": {"tokens": {"r": 2}, "quant": {"preset": "w8a8", "images": 4}}}, "inline.yaml", "inline"
     )
-    ctx = StageContext(loaded, calib=str(image_folder), seed=3, progress=False)
+    ctx = StageContext(loaded, calib=str(image_folder), seed=3, progress=False, int8_saturates=False)
     tokens, quant = build_variants(loaded.model, recipe, ctx)
     reduced, quantized = tokens.model, quant.model
     assert (tokens.name, quant.name) == ("tokens", "quant")

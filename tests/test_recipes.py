@@ -77,7 +77,10 @@ def test_recipe_from_file_keeps_pipeline_order(tmp_path: Path) -> None:
         ("stage: {tokens: {r: 8}}", "unknown key 'stage' in recipe bad.yaml; did you mean 'stages'?"),
         ("stages: {tokens: {rr: 8}}", "recipe bad.yaml (stages.tokens): unknown key 'rr'; did you mean 'r'?"),
         ("stages: {tokens: {method: evit, keep_rat: 0.5}}", "did you mean 'keep_rate'?"),
-        ("stages: {tokens: {method: tomee}}", "unknown method 'tomee'; did you mean 'tome'? (available: tome, evit, prunemerge)"),
+        (
+            "stages: {tokens: {method: tomee}}",
+            "unknown method 'tomee'; did you mean 'tome'? (available: tome, evit, prunemerge)",
+        ),
         ("stages: {tokens: {r: eight}}", "r must be an integer or a list of integers, got 'eight' (str)"),
         ("stages: {tokens: {proportional_attention: 'yes'}}", "proportional_attention must be true or false"),
         ("stages: {tokens: {method: evit, layers: 3}}", "layers must be a list of integers, got 3 (int)"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -23,6 +24,7 @@ from vitslim.cli_options import (
     executor_options,
     json_option,
     model_options,
+    output_option,
     recipe_option,
     runtime_option,
     runtimes_of,
@@ -113,6 +115,7 @@ def info(loaded: LoadedModel, recipe: Recipe | None, json_path: Path | None) -> 
     show_default=True,
     help="Runtime that evaluates --onnx (OpenVINO in its default precision: bf16 on CPUs that have it).",
 )
+@output_option
 @executor_options
 @json_option
 def eval_command(
@@ -124,13 +127,14 @@ def eval_command(
     threads: int,
     onnx_path: Path | None,
     runtime: str,
+    output: str,
     executor: str,
     ray_address: str | None,
     workers: int,
     json_path: Path | None,
 ) -> None:
     """Top-1/top-5 on labelled data; with --onnx, fidelity of the exported model against PyTorch."""
-    from vitslim.measure import load_eval_data, shard_eval_data
+    from vitslim.measure import evaluate_model, load_eval_data, shard_eval_data
 
     runtimes_of(runtime)  # OpenVINO missing: fail before any work
     eval_data = load_eval_data(loaded, data, limit, seed, batch_size)
@@ -138,7 +142,7 @@ def eval_command(
     if pool is not None:
         shard_eval_data(eval_data, pool, workers or pool.capacity(), pool.cpus)
     try:
-        results = _evaluate(loaded, eval_data, threads, onnx_path, runtime)
+        results = evaluate_model(loaded, eval_data, threads, onnx_path, runtime, output, show_progress())
     finally:
         if pool is not None:
             pool.close()
@@ -149,20 +153,6 @@ def eval_command(
     for row in results:
         click.echo("  " + "  ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
     emit({"model": loaded.name, "data": eval_data.describe(), "results": results}, json_path)
-
-
-def _evaluate(loaded: LoadedModel, eval_data: Any, threads: int, onnx_path: Path | None, runtime: str) -> list[dict]:
-    """PyTorch's scores, and the exported model's against PyTorch when given."""
-    from vitslim.evaluate.accuracy import score
-    from vitslim.measure import evaluate_export, evaluate_torch
-
-    classifier = loaded.num_classes > 0
-    reference = evaluate_torch(loaded.model, eval_data, threads, show_progress())
-    results = [{"name": "pytorch", **score(reference, None, classifier)}]
-    if onnx_path is not None:
-        name, outputs = evaluate_export(onnx_path, runtime, eval_data, threads, show_progress())
-        results.append({"name": name, **score(outputs, reference, classifier)})
-    return results
 
 
 def _fmt(value: Any) -> str:
@@ -244,6 +234,7 @@ def bench(
 )
 @click.option("--fp16", is_flag=True, help="TensorRT: allow FP16 kernels.")
 @click.option("--int8", is_flag=True, help="TensorRT: allow INT8 kernels.")
+@output_option
 @batch_sizes_option
 @json_option
 def export(
@@ -254,6 +245,7 @@ def export(
     fmt: str,
     fp16: bool,
     int8: bool,
+    output: str,
     batch_sizes: list[int],
     json_path: Path | None,
 ) -> None:
@@ -263,26 +255,28 @@ def export(
     from vitslim.export.onnx_export import export_onnx
     from vitslim.export.tensorrt import TensorRTUnavailable, engine_or_script
     from vitslim.export.validate import check_parity
+    from vitslim.models.features import with_output
 
     if out_path.suffix != ".onnx":
         raise UserError(f"--out must end in .onnx, got {out_path}")
-    path = export_onnx(loaded.model, ensure_parent_dir(out_path), loaded.input_size, opset=opset)
-    parity = check_parity(
-        loaded.model, path, torch.randn(check_samples, *loaded.input_size, generator=torch.Generator().manual_seed(0))
-    )
+    model = with_output(loaded.model, output, loaded.num_classes > 0)
+    path = export_onnx(model, ensure_parent_dir(out_path), loaded.input_size, opset=opset)
+    inputs = torch.randn(check_samples, *loaded.input_size, generator=torch.Generator().manual_seed(0))
+    parity = check_parity(model, path, inputs, classifier=loaded.num_classes > 0 and output == "logits")
     result = {
         "model": loaded.name,
         "file": str(path),
         "opset": opset,
         "size_bytes": path.stat().st_size,
         "max_abs_diff": parity.max_abs_diff,
-        "top1_agreement": parity.top1_agreement,
+        "top1_agreement": None if math.isnan(parity.top1_agreement) else parity.top1_agreement,
         "samples": parity.samples,
+        "outputs": getattr(model, "output_names", ["output"]),
     }
     click.echo(
         f"wrote {path} ({result['size_bytes'] / 1e6:.1f} MB, opset {opset}); ONNX Runtime vs PyTorch on "
-        f"{parity.samples} random inputs: max abs diff {parity.max_abs_diff:.2e}, "
-        f"top-1 agreement {parity.top1_agreement:.2%}"
+        f"{parity.samples} random inputs: max abs diff {parity.max_abs_diff:.2e}"
+        + ("" if result["top1_agreement"] is None else f", top-1 agreement {parity.top1_agreement:.2%}")
     )
     if fmt == "tensorrt":
         built = engine_or_script(path, path.with_suffix(".engine"), fp16=fp16, int8=int8, batch_sizes=batch_sizes)
@@ -352,6 +346,7 @@ def demo(out_dir: Path, runtime: str, json_path: Path | None, **options: Any) ->
 @alone_option(default="")
 @runtime_option("all")
 @target_option
+@output_option
 @executor_options
 @json_option
 def compress(

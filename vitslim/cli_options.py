@@ -84,6 +84,14 @@ def model_options(command: Callable) -> Callable:
     return wrapper
 
 
+output_option = click.option(
+    "--output",
+    type=click.Choice(["logits", "pooled", "patch", "both"]),
+    default="logits",
+    show_default=True,
+    help="What the model outputs and is exported with: logits (its own output), the pooled embedding, the "
+    "patch-token map [B, H*W, C] (unmerged after token reduction), or both as named ONNX outputs.",
+)
 threads_option = click.option(
     "--threads", type=click.IntRange(min=0), default=0, show_default=True, help="Intra-op threads (0: all cores)."
 )

@@ -21,6 +21,7 @@ from vitslim.errors import UserError
 from vitslim.evaluate.accuracy import Outputs, collect_outputs, fidelity, ort_runner, score, topk_accuracy, torch_runner
 from vitslim.evaluate.device import describe_device, module_device, ort_providers
 from vitslim.evaluate.environment import environment
+from vitslim.evaluate.features import feature_fidelity
 from vitslim.evaluate.latency import (
     DEFAULT_RUNS,
     DEFAULT_WARMUP,
@@ -39,6 +40,7 @@ from vitslim.export.qdq import QDQ_OPSET, export_quantized_onnx
 from vitslim.export.validate import parity_of
 from vitslim.measure_openvino import measure_openvino, openvino_latency
 from vitslim.models import LoadedModel
+from vitslim.models.features import split_outputs, with_output
 from vitslim.report.schema import build_report
 
 log = logging.getLogger(__name__)
@@ -158,6 +160,38 @@ def evaluate_export(
     return f"openvino:{path.name} ({precision})", outputs
 
 
+def evaluate_model(
+    loaded: LoadedModel,
+    data: EvalData,
+    threads: int,
+    onnx_path: Path | None = None,
+    runtime: str = "onnxruntime",
+    output: str = "logits",
+    progress: bool = True,
+) -> list[dict]:
+    """PyTorch's scores on ``data`` and, with ``onnx_path``, the exported file's against PyTorch
+    in ``runtime`` (``vitslim eval``). ``output``: what both output (the file must have been
+    exported with it); features add their fidelity record (:mod:`vitslim.evaluate.features`)."""
+    classifier = loaded.num_classes > 0 and output == "logits"
+    model = with_output(loaded.model, output, loaded.num_classes > 0)
+    reference = evaluate_torch(model, data, threads, progress)
+    runs = [("pytorch", reference)]
+    if onnx_path is not None:
+        runs.append(evaluate_export(onnx_path, runtime, data, threads, progress))
+        if runs[-1][1].logits[0].numel() != reference.logits[0].numel():
+            raise UserError(
+                f"{onnx_path} outputs {runs[-1][1].logits[0].numel()} values per image, the model with --output "
+                f"{output} {reference.logits[0].numel()}: export it with the same --output"
+            )
+    results = [{"name": name, **score(outputs, reference, classifier)} for name, outputs in runs]
+    if output != "logits":
+        layout = model.layout(loaded.input_size)
+        ref = split_outputs(reference.logits, layout)
+        for row, (_, outputs) in zip(results, runs, strict=True):
+            row.update(feature_fidelity(ref, split_outputs(outputs.logits, layout), outputs.labels))
+    return results
+
+
 #: Relative input perturbation of the noise-floor check: float32 rounding level, a few ulps.
 NOISE_FLOOR_INPUT = 1e-6
 
@@ -195,6 +229,7 @@ def onnx_parity(reference: Outputs, onnx_outputs: Outputs, path: Path, opset: in
         "top1_agreement": parity["top1_agreement"],
         "top1": topk_accuracy(onnx_outputs, 1) if classifier else None,
         "samples": parity["samples"],
+        **({"cosine": parity["cosine"]} if "cosine" in parity else {}),
     }
 
 
@@ -267,6 +302,9 @@ class MeasureSettings:
     #: runtimes whose latency is measured ("pytorch", "onnxruntime", "openvino"); with
     #: "openvino" each variant is also converted to OpenVINO IR and evaluated in it
     runtimes: tuple[str, ...] = ("pytorch", "onnxruntime")
+    #: what the models output and are exported with: ``logits`` (their own output), ``pooled``,
+    #: ``patch`` or ``both`` (:mod:`vitslim.models.features`)
+    output: str = "logits"
 
     @property
     def providers(self) -> list:
@@ -282,7 +320,12 @@ class MeasureSettings:
             "warmup": self.warmup,
             "runs": self.runs,
             "runtimes": list(self.runtimes),
+            "output": self.output,
         }
+
+    def classifier(self, loaded: LoadedModel) -> bool:
+        """Whether outputs are compared as logits (a classifier's own output), not as features."""
+        return loaded.num_classes > 0 and self.output == "logits"
 
 
 def measure_variant(
@@ -298,11 +341,14 @@ def measure_variant(
     """Evaluate ``model`` in PyTorch (fidelity against ``reference``, itself when None), export it
     to ``<out_dir>/model_<name>.onnx`` (``graphs`` and ``reuse``: :func:`export_variant`), check
     the export on the same data (and as OpenVINO IR when that runtime is measured) and time the
-    runtimes. Returns the report variant and the PyTorch outputs."""
-    classifier = loaded.num_classes > 0
+    runtimes. Returns the report variant and the PyTorch outputs (``settings.output``'s)."""
+    classifier = settings.classifier(loaded)
+    model = with_output(model, settings.output, loaded.num_classes > 0)
     start = time.perf_counter()
     outputs = evaluate_torch(model, settings.data, settings.threads, settings.progress)
     scores = score(outputs, reference, classifier)
+    if settings.output != "logits":
+        scores.update(_feature_scores(model.layout(loaded.input_size), outputs, reference))
     log.info("%s: PyTorch %s (%.1f s)", name, _scores_text(scores), time.perf_counter() - start)
     onnx_path, onnx_record = _export_checked(name, model, loaded, settings, outputs, graphs, reuse)
     extra: dict[str, Any] = {}
@@ -322,6 +368,14 @@ def measure_variant(
         "latency": [entry.to_dict() for entry in latency],
     }
     return variant, outputs
+
+
+def _feature_scores(layout: list[tuple[str, tuple[int, ...]]], outputs: Outputs, reference: Outputs | None) -> dict:
+    """The variant's ``outputs`` (name: per-image shape) and ``features`` fidelity record."""
+    parts = split_outputs(outputs.logits, layout)
+    ref = parts if reference is None else split_outputs(reference.logits, layout)
+    shapes = {name: list(shape) for name, shape in layout}
+    return {"outputs": shapes, "features": feature_fidelity(ref, parts, outputs.labels)}
 
 
 def _agreement_text(agreement: float | None) -> str:
@@ -344,7 +398,7 @@ def _export_checked(
     size_mb = onnx_path.stat().st_size / 1e6
     log.info("%s: exported %s, %.1f MB (%.1f s)", name, onnx_path.name, size_mb, time.perf_counter() - start)
     onnx_outputs = evaluate_onnx(onnx_path, settings.data, settings.threads, settings.progress, settings.providers)
-    parity = onnx_parity(outputs, onnx_outputs, onnx_path, opset, loaded.num_classes > 0)
+    parity = onnx_parity(outputs, onnx_outputs, onnx_path, opset, settings.classifier(loaded))
     log.info(
         "%s: ONNX Runtime vs PyTorch: agreement %s, max abs diff %.3g",
         name,

@@ -306,6 +306,7 @@ def compress(
     target: str | None = None,
     executor: Executor | None = None,
     workers: int = 0,
+    output: str = "logits",
 ) -> dict:
     """Run ``recipe`` on ``loaded`` and write report.json, report.md, report.html, manifest.json and
     one ONNX model per variant into ``out`` (``model_<variant>.failed.onnx`` when it failed the
@@ -321,6 +322,8 @@ def compress(
     recipe's stages that cannot pay there (:meth:`Recipe.for_target`), said in the report.
     ``executor`` (e.g. a :class:`~vitslim.executors.RayExecutor`): PyTorch and ONNX Runtime
     evaluations run in ``workers`` shards on it (0: as many as it has room for), merged exactly.
+    ``output``: what every variant outputs and is exported with (``logits``: the model's own output;
+    ``pooled``, ``patch``, ``both``: :mod:`vitslim.models.features`), feature fidelity measured on it.
     Returns the report dict."""
     torch_device = resolve_device(device)
     dropped: dict[str, str] = {}
@@ -341,7 +344,16 @@ def compress(
         log.info("stages: %s", "; ".join(f"{name} ({cfg.describe()})" for name, cfg in recipe.stages.items()))
         loaded.model.to(torch_device)
         settings = MeasureSettings(
-            eval_data, staging, threads, list(batch_sizes), progress, warmup, runs, torch_device, tuple(runtimes)
+            eval_data,
+            staging,
+            threads,
+            list(batch_sizes),
+            progress,
+            warmup,
+            runs,
+            torch_device,
+            tuple(runtimes),
+            output,
         )
         # a GPU target runs TensorRT, whose int8 kernels do not saturate: this CPU's do not matter
         saturates = target != "gpu" and int8_saturates()

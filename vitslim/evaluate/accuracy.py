@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from vitslim.models.features import flatten_outputs
+
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -25,7 +27,8 @@ class Outputs:
 
 
 def torch_runner(model: torch.nn.Module) -> Runner:
-    """Run a PyTorch model without gradients, on its own device (outputs come back to the CPU)."""
+    """Run a PyTorch model without gradients, on its own device (outputs come back to the CPU;
+    several outputs flattened into one row per image)."""
     from vitslim.evaluate.device import module_device
 
     model.eval()
@@ -33,21 +36,23 @@ def torch_runner(model: torch.nn.Module) -> Runner:
 
     def run(images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return model(images.to(device)).float().cpu()
+            return flatten_outputs(model(images.to(device))).float().cpu()
 
     return run
 
 
 def ort_runner(path: str | bytes, threads: int = 0, providers: list | None = None, optimize: bool = True) -> Runner:
     """Run an exported ONNX model (a file, or its bytes) in ONNX Runtime (CPU unless ``providers``
-    say otherwise; ``optimize=False``: reference kernels, Q/DQ run as written)."""
+    say otherwise; ``optimize=False``: reference kernels, Q/DQ run as written); several outputs are
+    flattened into one row per image, in the file's order."""
     from vitslim.evaluate.runtimes import ort_session
 
     session = ort_session(path, threads=threads, providers=providers, optimize=optimize)
     input_name = session.get_inputs()[0].name
 
     def run(images: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session.run(None, {input_name: images.numpy()})[0]).float()
+        outs = [torch.from_numpy(out) for out in session.run(None, {input_name: images.numpy()})]
+        return flatten_outputs(outs[0] if len(outs) == 1 else outs).float()
 
     return run
 

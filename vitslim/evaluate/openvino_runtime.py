@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from vitslim.config import check_choice
 from vitslim.errors import UserError
+from vitslim.models.features import flatten_outputs
 
 from .latency import Latency, resolve_threads, time_calls
 
@@ -87,13 +88,15 @@ def execution_precision(compiled: Any) -> str:
 
 
 def ov_runner(path: str | Path, threads: int = 0, precision: str = "default") -> Callable[[torch.Tensor], torch.Tensor]:
-    """Run the model at ``path`` in OpenVINO on batches of images (any batch size)."""
+    """Run the model at ``path`` in OpenVINO on batches of images (any batch size); several
+    outputs are flattened into one row per image, in the file's order."""
     compiled = ov_compile(path, threads, precision)
     request = compiled.create_infer_request()
 
     def run(images: torch.Tensor) -> torch.Tensor:
         out = request.infer({0: images.numpy()})
-        return torch.from_numpy(np.array(out[compiled.output(0)])).float()
+        outs = [torch.from_numpy(np.array(out[port])) for port in compiled.outputs]
+        return flatten_outputs(outs[0] if len(outs) == 1 else outs).float()
 
     return run
 

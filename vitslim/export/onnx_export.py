@@ -29,7 +29,8 @@ def trace_onnx(
     dynamic_batch: bool = True,
 ) -> ir.Model:
     """The exporter's ONNX graph of ``model`` (eval mode, CPU), input ``input`` and output
-    ``output``, not optimized: its initializers are named after ``model.state_dict()`` keys.
+    ``output`` (or the model's ``output_names``: :mod:`vitslim.models.features`), not optimized:
+    its initializers are named after ``model.state_dict()`` keys.
 
     The batch dimension is dynamic unless ``dynamic_batch`` is false. A model the exporter
     cannot trace raises a UserError.
@@ -46,7 +47,7 @@ def trace_onnx(
                 dynamo=True,
                 opset_version=opset,
                 input_names=["input"],
-                output_names=["output"],
+                output_names=list(getattr(model, "output_names", ["output"])),
                 dynamic_shapes=dynamic_shapes,
                 external_data=False,
                 optimize=False,

@@ -51,6 +51,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 #: Default minimum top-1 agreement between an export and PyTorch.
 DEFAULT_AGREEMENT = 0.99
+#: the smallest per-image cosine with PyTorch a headless export (features) passes with
+DEFAULT_COSINE = 0.99
 
 
 # --------------------------------------------------------------------------- parity
@@ -89,12 +91,17 @@ class _Meter:
 
 def parity_of(reference: torch.Tensor, outputs: torch.Tensor, classifier: bool) -> dict[str, Any]:
     """Max abs difference and top-1 agreement (None unless ``classifier``) of ``outputs`` against
-    ``reference`` (logits of the same inputs), and the sample count: a report's parity record."""
+    ``reference`` (outputs of the same inputs), and the sample count: a report's parity record.
+    Features (not ``classifier``) add the smallest per-image ``cosine`` of the two."""
     meter = _Meter()
     meter.add(reference, outputs, classifier)
     result = meter.parity()
     agreement = result.top1_agreement if classifier else None
-    return {"max_abs_diff": result.max_abs_diff, "top1_agreement": agreement, "samples": result.samples}
+    record = {"max_abs_diff": result.max_abs_diff, "top1_agreement": agreement, "samples": result.samples}
+    if not classifier:
+        cos = torch.nn.functional.cosine_similarity(reference.flatten(1).double(), outputs.flatten(1).double(), dim=1)
+        record["cosine"] = float(cos.min())
+    return record
 
 
 def _batches(inputs: torch.Tensor | Iterable) -> Iterable[torch.Tensor]:
@@ -115,8 +122,10 @@ def check_parity(
     *,
     threads: int = 0,
     optimize: bool = True,
+    classifier: bool = True,
 ) -> Parity:
-    """Run ``inputs`` through ``model`` (eval mode, CPU) and ONNX Runtime on ``path``. ``optimize=False``:
+    """Run ``inputs`` through ``model`` (eval mode, CPU) and ONNX Runtime on ``path`` (every output;
+    top-1 agreement only for one 2-D output of a ``classifier``). ``optimize=False``:
     ONNX Runtime runs the graph as written (Q/DQ as float ops): the export itself, apart from the
     CPU's integer kernels."""
     from vitslim.evaluate.runtimes import ort_session
@@ -127,13 +136,16 @@ def check_parity(
     model, meter = model.eval(), _Meter()
     with torch.no_grad():
         for batch in _batches(inputs):
-            ref = model(batch.float()).float()
-            out = torch.from_numpy(session.run(None, {name: batch.float().numpy()})[0])
-            if out.shape != ref.shape:
+            refs = model(batch.float())
+            refs = refs if isinstance(refs, (tuple, list)) else (refs,)
+            outs = [torch.from_numpy(out) for out in session.run(None, {name: batch.float().numpy()})]
+            shapes = [tuple(out.shape) for out in outs]
+            if shapes != [tuple(ref.shape) for ref in refs]:
                 raise UserError(
-                    f"{path.name}: ONNX output shape {tuple(out.shape)} differs from PyTorch's {tuple(ref.shape)}"
+                    f"{path.name}: ONNX output shapes {shapes} differ from PyTorch's {[tuple(r.shape) for r in refs]}"
                 )
-            meter.add(ref, out, classifier=ref.ndim == 2)
+            for ref, out in zip(refs, outs, strict=True):  # logits of a classifier, features (pooled, patch)
+                meter.add(ref.float(), out, classifier=ref.ndim == 2 and len(refs) == 1 and classifier)
     if meter.samples == 0:
         raise UserError("validation needs at least one input batch")
     return meter.parity()
@@ -183,7 +195,9 @@ def _fraction(value: Any, name: str) -> None:
 class ValidateStage:
     """An exported variant passes when its top-1 agreement with PyTorch on the evaluation data is
     at least ``min_agreement`` and, when set, its max abs output difference is at most
-    ``max_abs_diff``; a failing file is renamed ``<name>.failed.onnx``.
+    ``max_abs_diff``; a failing file is renamed ``<name>.failed.onnx``. A headless export (features,
+    no top-1) is judged by the cosine of its outputs with PyTorch's: at least ``min_cosine`` on
+    every image.
 
     ``noise_floor``: when the agreement is under ``min_agreement``, also measure how often the
     PyTorch model disagrees with itself when its inputs are perturbed at float-rounding level
@@ -194,12 +208,14 @@ class ValidateStage:
 
     min_agreement: float = DEFAULT_AGREEMENT
     max_abs_diff: float | None = None
+    min_cosine: float = DEFAULT_COSINE
     noise_floor: bool = True
     significance: float = 0.01
 
     def __post_init__(self) -> None:
         _fraction(self.min_agreement, "min_agreement")
         _fraction(self.significance, "significance")
+        _fraction(self.min_cosine, "min_cosine")
         check_flag(self.noise_floor, "noise_floor")
         limit = self.max_abs_diff
         if limit is not None and (
@@ -212,6 +228,7 @@ class ValidateStage:
         text = f"top-1 agreement >= {self.min_agreement:.2%}"
         if self.noise_floor:
             text += " (or within the noise floor)"
+        text += f" (features: cosine >= {self.min_cosine:g} on every image)"
         return text if self.max_abs_diff is None else f"{text}, max abs diff <= {self.max_abs_diff:g}"
 
     def needs_noise_floor(self, parity: Mapping[str, Any]) -> bool:
@@ -234,6 +251,9 @@ class ValidateStage:
                         f"top-1 agreement {agreement:.2%} < {self.min_agreement:.2%}, and significantly under "
                         f"PyTorch's own noise floor {floor:.2%} (p = {p:.2g})"
                     )
+        cosine = parity.get("cosine")
+        if agreement is None and cosine is not None and cosine < self.min_cosine:
+            out.append(f"feature cosine {cosine:.4f} < {self.min_cosine:g} on some image")
         if self.max_abs_diff is not None and parity["max_abs_diff"] > self.max_abs_diff:
             out.append(f"max abs diff {parity['max_abs_diff']:.3g} > {self.max_abs_diff:.3g}")
         return out

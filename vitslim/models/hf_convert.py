@@ -1,4 +1,5 @@
-"""Hugging Face ViT, DeiT and DINOv2 models as the equivalent timm VisionTransformer.
+"""Hugging Face ViT, DeiT and DINOv2 models (and, through :mod:`vitslim.models.hf_towers`, CLIP and
+SigLIP vision towers) as the equivalent timm VisionTransformer.
 
 :func:`timm_model_args` turns a ``config.json`` into ``VisionTransformer`` arguments and
 :func:`convert_state_dict` renames the saved weights (the names ``save_pretrained`` writes) to
@@ -31,6 +32,7 @@ from torch import nn
 
 from vitslim.errors import UserError
 from vitslim.models.hf_heads import ClassAndMeanPoolViT
+from vitslim.models.hf_towers import TOWERS, convert_tower_state, tower_model_args
 
 #: architecture -> (model_type, head): none (base model), token, distilled, token_mean
 ARCHITECTURES = {
@@ -43,6 +45,7 @@ ARCHITECTURES = {
     "Dinov2ForImageClassification": ("dinov2", "token_mean"),
     "Dinov2WithRegistersModel": ("dinov2_with_registers", "none"),
     "Dinov2WithRegistersForImageClassification": ("dinov2_with_registers", "token_mean"),
+    **TOWERS,
 }
 ACTIVATIONS: dict[str, Any] = {
     "gelu": nn.GELU,
@@ -87,6 +90,11 @@ class HFModel:
         return {"distilled": VisionTransformerDistilled, "token_mean": ClassAndMeanPoolViT}.get(
             self.head, VisionTransformer
         )
+
+    @property
+    def is_tower(self) -> bool:
+        """A CLIP or SigLIP vision tower (:mod:`vitslim.models.hf_towers`)."""
+        return self.architecture in TOWERS
 
 
 def identify(config: dict[str, Any], label: str) -> HFModel:
@@ -146,6 +154,10 @@ def timm_model_args(config: dict[str, Any], hf: HFModel, img_size: tuple[int, in
         "global_pool": "token",
         **_mlp_args(config, hf, dim),
     }
+    if hf.is_tower:
+        args.update(tower_model_args(config, hf.model_type, hf.head))
+        if hf.head == "projection":
+            args["num_classes"] = int(config["projection_dim"])
     if hf.model_type.startswith("dinov2"):
         args["init_values"] = float(config.get("layerscale_value", 1.0))
     if hf.model_type == "dinov2_with_registers":
@@ -214,6 +226,8 @@ def convert_state_dict(state: dict[str, torch.Tensor], hf: HFModel, grid: tuple[
 
     The base model's pooler (``pooler.dense``) is dropped; any other unknown weight is refused.
     """
+    if hf.is_tower:
+        return convert_tower_state(state, hf.model_type, hf.head)
     state = _strip_base_prefix(state)
     embeddings: dict[str, torch.Tensor] = {}
     layers: dict[int, dict[str, torch.Tensor]] = {}

@@ -20,6 +20,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from vitslim.errors import UserError
 from vitslim.models.checkpoints import read_checkpoint
 from vitslim.models.hf_convert import HFModel, convert_state_dict, identify, timm_model_args
+from vitslim.models.hf_towers import vision_config
 from vitslim.models.loaded import LoadedModel
 from vitslim.models.timm_weights import RANDOM_INIT_SEED, load_fitting_state
 
@@ -148,6 +149,7 @@ def load_hf_folder(name: str) -> LoadedModel:
     folder = Path(name)
     config = _read_json(folder / CONFIG)
     hf = identify(config, str(folder))
+    config = vision_config(config, hf.architecture)
     data, size = _input_config(folder, config, hf)
     state = read_weights(folder)
     head = state.get("classifier.weight", state.get("cls_classifier.weight"))

@@ -8,6 +8,7 @@ import html
 import markdown
 
 from vitslim.report import figures
+from vitslim.report.features import feature_figure
 from vitslim.report.markdown import render_markdown
 
 STYLE = """
@@ -29,6 +30,7 @@ FIGURES = (
     (figures.tokens_per_layer, "Tokens each transformer block sees."),
     (figures.bits_per_layer, "Weight and input bits per layer."),
     (figures.sensitivity, "Per-layer sensitivity used by the mixed-precision allocation."),
+    (feature_figure, "Feature fidelity against fp32: cosines of the pooled and patch outputs, neighbour recall."),
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from vitslim.report.features import features_section
 from vitslim.report.format import fmt_mb, fmt_num, fmt_pct, md_table
 from vitslim.report.summary import summary_section
 
@@ -42,6 +43,7 @@ def render_markdown(report: dict) -> str:
     lines = [f"# vitslim report: {report['model']['name']}", "", *summary_section(report), ""]
     lines += _header(report, data_line)
     lines += _accuracy_section(report["variants"], data_line)
+    lines += features_section(report["variants"])
     lines += _parity_section(report["variants"])
     lines += _openvino_section(report["variants"])
     lines += _quantization_section(report["variants"])

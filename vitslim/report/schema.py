@@ -59,6 +59,9 @@ class Variant(_RequiredVariant, total=False):
     quantization: dict[str, Any] | None
     mixed_precision: dict[str, Any]
     sparsity: dict[str, Any]
+    #: with ``--output pooled|patch|both``: each output's per-image shape, and feature fidelity vs fp32
+    outputs: dict[str, list[int]]
+    features: dict[str, float | None]
 
 
 class _RequiredReport(TypedDict):

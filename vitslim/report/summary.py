@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from vitslim.report.features import feature_summary
 from vitslim.report.format import fmt_mb, fmt_pct, md_table
 
 __all__ = ["DEPLOYMENT_RUNTIMES", "summary_rows", "summary_section"]
@@ -26,6 +27,11 @@ def _runtime(variants: list[dict]) -> str | None:
 
 
 def _accuracy(variant: dict, fp32: dict) -> str:
+    features = feature_summary(variant)
+    if features is not None and variant["top1"] is None:
+        return features
+    if variant["top1"] is None and variant["agreement"] is None:  # a headless model's output: features
+        return f"cosine {variant['cosine']:.4f}"
     if variant["top1"] is None:
         return f"agreement {fmt_pct(variant['agreement'])}"
     if variant is fp32 or fp32["top1"] is None:

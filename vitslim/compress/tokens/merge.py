@@ -84,10 +84,13 @@ def edge_mask(num_tokens: int, num_prefix: int, device: torch.device | None = No
 def first_max_index(scores: torch.Tensor, row_max: torch.Tensor) -> torch.Tensor:
     """Index of the first column where each row of ``scores`` [B, N, M] reaches its maximum
     ``row_max`` [B, N] (an argmax): an Equal, an integer product and a ReduceMax instead of the
-    TopK that ArgMax becomes in OpenVINO, which costs as much as an int8 transformer block here."""
+    TopK that ArgMax becomes in OpenVINO, which costs as much as an int8 transformer block here.
+    The product is in float32 (column counts are exact in it): with int32 (or int64, which it runs
+    as int32), OpenVINO 2026.4's CPU plugin returned zeros for the last images of a batch of 9 or
+    more after a previous merge; in float32 it agrees with ONNX Runtime, with its bf16 hint too."""
     m = scores.shape[-1]
-    from_end = torch.arange(m, 0, -1, device=scores.device, dtype=torch.int32)  # first column scores highest
-    hits = (scores == row_max.unsqueeze(-1)).to(torch.int32) * from_end
+    from_end = torch.arange(m, 0, -1, device=scores.device, dtype=torch.float32)  # first column scores highest
+    hits = (scores == row_max.unsqueeze(-1)).to(torch.float32) * from_end
     return (m - hits.amax(dim=-1)).long()
 
 

@@ -50,6 +50,7 @@ from .schedule import (
     resolve_layer_ops,
     simulate_layers,
 )
+from .unmerge import PositionTracker, merge_rows, prune_rows
 
 __all__ = [
     "TokenReductionState",
@@ -97,12 +98,16 @@ class TokenReductionState:
         self.metric: torch.Tensor | None = None
         self.cls_attn: torch.Tensor | None = None
         self.trace: list[TokenTrace] | None = None
+        #: when set, each forward follows the original token positions (:mod:`.unmerge`)
+        self.track_positions = False
+        self.positions = PositionTracker()
 
     def __repr__(self) -> str:
         return f"TokenReductionState(config={self.config!r}, prefix={self.num_prefix_tokens})"
 
     def begin(self) -> None:
         self.size = self.metric = self.cls_attn = None
+        self.positions = PositionTracker()
 
     def remove(self, model: nn.Module) -> None:
         remove_token_reduction(model)
@@ -129,11 +134,18 @@ class TokenReductionState:
             if r > 0:
                 plan = bipartite_soft_matching(self.metric, r, p)
                 x, self.size = merge_tokens(plan, x, self.size)
+                if self.track_positions:
+                    self.positions.follow(merge_rows(plan))
         elif op == "prune":
             k = evit_keep_count(n - p, amount)
             if k < n - p:
                 plan = evit_select(self.cls_attn, k, p)
                 x, self.size = prune_tokens(plan, x, self.size)
+                if self.track_positions:
+                    self.positions.follow(prune_rows(plan))
+        elif self.track_positions and op in ("prunemerge", "cls"):
+            what = "prune-merge" if op == "prunemerge" else "class_token_last_block"
+            raise TokenConfigError(f"{what} token reduction keeps no patch map: use tome or evit for patch outputs")
         elif op == "prunemerge":
             k, m = prune_merge_counts(n - p, *amount)
             if k < n - p:
