@@ -34,10 +34,10 @@ demo: install data
 # Tests run on every core (pytest-xdist; each test uses one thread); the long forms of the test
 # matrices (marker `slow`) only in test-all.
 test: install data
-	$(BIN)/python -m pytest -q -n auto -m "not slow" --durations=15
+	$(BIN)/python -m pytest -q -n auto --dist worksteal -m "not slow" --durations=15
 
 test-all: install data
-	$(BIN)/python -m pytest -q -n auto --durations=15
+	$(BIN)/python -m pytest -q -n auto --dist worksteal --durations=15
 
 bench: install data
 	$(BIN)/python benchmarks/bench_fp32.py

@@ -6,12 +6,14 @@
 ``build`` (on any CPU) makes the ``w8a8`` and ``cpu`` recipes twice, as ``vitslim compress`` builds
 them, with ``reduce_range`` off (8-bit weights) and on (7-bit weights), exports each (ONNX, and
 OpenVINO IR), and stores PyTorch's outputs on the seeded Fashion-MNIST test images. ``evaluate``
-runs every file on the same images on *this* CPU (``--runtimes``): ONNX Runtime with its int8
+runs every file on the same images on *this* CPU (``--runs``): ONNX Runtime with its int8
 kernels, with its reference kernels (``reference``: graph optimisations off), and OpenVINO with the
-f32 hint; top-1, agreement with PyTorch, max abs difference and the validate stage's verdict. On
-an x86 CPU without VNNI the int8 kernels saturate with 8-bit weights; to see that on another CPU, run ``evaluate`` under
-``VITSLIM_CPU_FLAGS=avx2 qemu-x86_64 -cpu EPYC-v1`` (QEMU's user mode emulates an AVX2-only
-CPU's instruction set; its timings mean nothing, so none are taken).
+f32 hint; top-1, and agreement and max abs difference against PyTorch (a quantized model moves
+a value that sits on a rounding boundary by a whole step under float noise: even reference kernels
+agree to about 99% on this model, which is why the validate stage compares with PyTorch's own
+noise floor). On an x86 CPU without VNNI the int8 kernels saturate with 8-bit weights; to see
+that on another CPU, run ``evaluate`` under ``VITSLIM_CPU_FLAGS=avx2 qemu-x86_64 -cpu EPYC-v1``
+(QEMU's user mode emulates an AVX2-only CPU's instruction set; its timings mean nothing, so none are taken).
 
 Writes int8_isa_<isa>.{json,md} into --out-dir (default benchmarks/results).
 """
@@ -32,7 +34,7 @@ from vitslim.evaluate.accuracy import Outputs, collect_outputs, ort_runner, topk
 from vitslim.evaluate.environment import environment, int8_saturates
 from vitslim.evaluate.openvino_runtime import ov_runner
 from vitslim.export.openvino_ir import save_openvino_ir
-from vitslim.export.validate import ValidateStage, parity_of
+from vitslim.export.validate import parity_of
 from vitslim.files import atomic_write_json, atomic_write_text
 from vitslim.measure import evaluate_torch, export_variant, load_eval_data
 from vitslim.models import load_model
@@ -42,6 +44,7 @@ from vitslim.recipes import load_recipe
 RESULTS = Path(__file__).resolve().parent / "results"
 RECIPES = ("w8a8", "cpu")
 WEIGHTS = {"8-bit": False, "7-bit": True}  # reduce_range off / on
+FILES = [f"{recipe}-{weights}" for recipe in RECIPES for weights in WEIGHTS]
 
 
 def build(args: argparse.Namespace) -> None:
@@ -69,7 +72,6 @@ def build(args: argparse.Namespace) -> None:
 
 def _row(name: str, runtime: str, outputs: Outputs, reference: torch.Tensor) -> dict[str, Any]:
     parity = parity_of(reference, outputs.logits, classifier=True)
-    verdict = ValidateStage(noise_floor=False).failures(parity)
     return {
         "file": name,
         "runtime": runtime,
@@ -77,7 +79,6 @@ def _row(name: str, runtime: str, outputs: Outputs, reference: torch.Tensor) -> 
         "pytorch_top1": topk_accuracy(Outputs(reference, outputs.labels), 1),
         "agreement": parity["top1_agreement"],
         "max_abs_diff": parity["max_abs_diff"],
-        "validates": not verdict,
     }
 
 
@@ -91,16 +92,17 @@ def evaluate(args: argparse.Namespace) -> None:
     folder = Path(args.folder)
     built = json.loads((folder / "built.json").read_text())
     data = torch.load(folder / "data.pt", weights_only=True)
-    batches = list(zip(data["images"].split(args.batch), data["labels"].split(args.batch), strict=True))
+    n = args.limit or len(data["labels"])
+    images, labels = data["images"][:n], data["labels"][:n]
+    batches = list(zip(images.split(args.batch), labels.split(args.batch), strict=True))
     rows = []
-    for entry in built["files"]:
-        name = entry["name"]
-        reference = torch.load(folder / f"{name}.pytorch.pt", weights_only=True)
-        for runtime in args.runtimes.split(","):
-            runner = _runner(folder / name, runtime, args.threads)
-            outputs = collect_outputs(runner, batches, desc=f"{name} {runtime}", progress=False)
-            rows.append(_row(name, runtime, outputs, reference))
-            print(json.dumps(rows[-1]), flush=True)
+    for run in args.runs.split(","):
+        name, runtime = run.split(":")
+        reference = torch.load(folder / f"{name}.pytorch.pt", weights_only=True)[:n]
+        runner = _runner(folder / name, runtime, args.threads)
+        outputs = collect_outputs(runner, batches, desc=f"{name} {runtime}", progress=False)
+        rows.append(_row(name, runtime, outputs, reference))
+        print(json.dumps(rows[-1]), flush=True)
     header = {
         "command": " ".join(["python", "benchmarks/bench_int8_isa.py", *sys.argv[1:]]),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -108,7 +110,7 @@ def evaluate(args: argparse.Namespace) -> None:
         "environment": environment(),
         "built": built["built"]["environment"]["cpu"],
     }
-    result = {**header, "images": int(len(data["labels"])), "int8_saturates": int8_saturates(), "rows": rows}
+    result = {**header, "images": n, "int8_saturates": int8_saturates(), "rows": rows}
     isa = "no-vnni" if int8_saturates() else "vnni"
     out = Path(args.out_dir)
     atomic_write_json(out / f"int8_isa_{isa}.json", result)
@@ -124,13 +126,13 @@ def render(result: dict) -> str:
         f"- **CPU**: {env['cpu']}, flags {' '.join(env['cpu_flags']) or 'none'}",
         f"- **Images**: {result['images']} Fashion-MNIST test images (seed 0); files built on {result['built']}",
         "",
-        "| file | runtime | top-1 | PyTorch top-1 | agreement | max abs diff | validates |",
-        "|---|---|---|---|---|---|---|",
+        "| file | runtime | top-1 | PyTorch top-1 | agreement | max abs diff |",
+        "|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         lines.append(
             f"| {r['file']} | {r['runtime']} | {100 * r['top1']:.1f}% | {100 * r['pytorch_top1']:.1f}% | "
-            f"{100 * r['agreement']:.1f}% | {r['max_abs_diff']:.3g} | {'yes' if r['validates'] else 'no'} |"
+            f"{100 * r['agreement']:.1f}% | {r['max_abs_diff']:.3g} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -146,10 +148,18 @@ def main() -> None:
     e.add_argument("--folder", required=True)
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--batch", type=int, default=8)
-    e.add_argument("--runtimes", default="onnxruntime,reference,openvino", help="reference: ONNX Runtime, graph "
-                   "optimisations off; openvino: with the f32 hint")  # fmt: skip
+    e.add_argument("--limit", type=int, default=0, help="the first N stored images (0: all)")
+    every = ",".join(f"{f}:{r}" for f in FILES for r in ("onnxruntime", "reference", "openvino"))
+    help_runs = "FILE:RUNTIME pairs; reference: ONNX Runtime, graph optimisations off; openvino: the f32 hint"
+    e.add_argument("--runs", default=every, help=help_runs)
     e.add_argument("--out-dir", default=str(RESULTS))
+    r = sub.add_parser("render", help="rewrite the Markdown of a results JSON")
+    r.add_argument("json")
     args = parser.parse_args()
+    if args.step == "render":
+        path = Path(args.json)
+        atomic_write_text(path.with_suffix(".md"), render(json.loads(path.read_text())))
+        return
     (build if args.step == "build" else evaluate)(args)
 
 

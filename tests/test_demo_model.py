@@ -75,6 +75,32 @@ def test_demo_model_classifies_fashion_mnist(fashion_images: torch.Tensor) -> No
     assert predicted == labels
 
 
+def test_demo_command_short_form(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`vitslim demo` on the real model with a cheaper recipe than `full` (ToMe, then 2:4 on fc2, no
+    quantization: two traced graphs instead of four): fp32, 2:4 alone, the cumulative stages, each
+    exported, validated and timed. The whole `full` run is the slow test below (make test-all)."""
+    recipe = tmp_path / "short.yaml"
+    recipe.write_text(
+        "name: short\nstages:\n  tokens: {r: 16}\n  sparsity: {method: magnitude, include: ['blocks.*.mlp.fc2']}\n"
+    )
+    monkeypatch.setattr("vitslim.cli.DEMO_RECIPE", str(recipe))
+    out = tmp_path / "run"
+    args = ["--quiet", "demo", "--limit", "16", "--warmup", "0", "--runs", "1", "--batch-sizes", "1"]
+    result = CliRunner().invoke(cli, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    names = ["fp32", "sparsity-alone", "tokens", "sparsity"]
+    assert [v["name"] for v in report["variants"]] == names and report["validation_failures"] == []
+    fp32, sparsity_alone, tokens, sparsity = report["variants"]
+    assert fp32["top1"] >= 0.6 and fp32["onnx"]["max_abs_diff"] < 1e-3
+    assert tokens["tokens_per_layer"] == [257 - 16 * i for i in range(13)]
+    assert sparsity_alone["onnx"]["graph_of"] == "fp32" and sparsity["onnx"]["graph_of"] == "tokens"
+    for variant in report["variants"]:
+        assert variant["onnx"]["validation"]["passed"] and variant["latency"]
+    assert sparsity["sparsity"]["pattern_in_onnx"] == 12 and (out / "report.html").is_file()
+
+
+@pytest.mark.slow
 def test_demo_command_end_to_end(tmp_path: Path) -> None:
     """`vitslim demo` (small sample, few timed runs): fp32, 2:4 sparsity alone, then the full recipe's
     cumulative stages, every one exported, validated and timed, with the HTML figures."""

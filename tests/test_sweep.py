@@ -191,9 +191,11 @@ def test_sweep_in_process_and_on_ray_agree_and_resume(tmp_path: Path, image_fold
     assert "Fastest candidate with a drop of at most 50 pt" in (local / "sweep.md").read_text()
     assert (local / "sweep.html").read_text().count("data:image/png;base64,") == 1
 
-    result = run("sweep", *TINY, *SWEEP, *data, "--executor", "ray", "--out", str(remote))
+    # on Ray: the tome-r8 candidates (w8a8 left out: the mechanism is the same for every candidate)
+    on_ray = ["--recipes", "tome-r8", "--grid", "tokens.r=2", "--batch-sizes", "1,2", "--rounds", "1"]
+    result = run("sweep", *TINY, *on_ray, *data, "--executor", "ray", "--out", str(remote))
     assert result.exit_code == 0, result.output
-    for name in names:  # the same accuracy figures, variant by variant, whichever executor ran them
+    for name in names[1:]:  # the same accuracy figures, variant by variant, whichever executor ran them
         assert _scores(local / name) == _scores(remote / name), name
 
     # resume: a finished candidate is kept, a missing one (a killed task) is run again
