@@ -40,13 +40,15 @@ from bench_export import INTEGER_KERNELS, calibration_batches, ort_quantize_stat
 from run_header import run_header
 
 from vitslim.evaluate.accuracy import Outputs, collect_outputs, ort_runner, score
+from vitslim.evaluate.data import EvalData, evaluate_torch, load_eval_data
 from vitslim.evaluate.interleaved import runtime_call, summarize, time_interleaved
 from vitslim.evaluate.openvino_runtime import execution_precision, int8_layers, ov_compile, ov_runner
+from vitslim.evaluate.parity import noise_floor
 from vitslim.evaluate.runtimes import ort_runtime_ops
 from vitslim.export.openvino_ir import ir_files, save_openvino_ir
 from vitslim.export.validate import ValidateStage, judge, parity_of
+from vitslim.export.variant import export_variant
 from vitslim.files import atomic_write_json, atomic_write_text
-from vitslim.measure import EvalData, evaluate_torch, export_variant, load_eval_data, noise_floor
 from vitslim.models import LoadedModel, load_model
 from vitslim.pipeline import StageContext, build_variants
 from vitslim.recipes import load_recipe, parse_recipe

@@ -41,20 +41,15 @@ from run_header import run_header
 from vitslim.calib import build_transform, load_dataset, make_loader
 from vitslim.compress.quant import QuantConfig, quantize_
 from vitslim.compress.tokens import TokenMergeConfig, apply_token_reduction
+from vitslim.evaluate.accuracy import score
+from vitslim.evaluate.data import EvalData, evaluate_onnx, evaluate_torch, load_eval_data
 from vitslim.evaluate.latency import DEFAULT_WARMUP, bench_ort, resolve_threads, torch_threads
+from vitslim.evaluate.parity import noise_floor
 from vitslim.evaluate.runtimes import ort_runtime_ops
 from vitslim.export.onnx_export import DEFAULT_OPSET, export_onnx
 from vitslim.export.qdq import export_quantized_onnx
 from vitslim.export.validate import ValidateStage, judge, validate_onnx
 from vitslim.files import atomic_write_json, atomic_write_text
-from vitslim.measure import (
-    EvalData,
-    evaluate_onnx,
-    evaluate_torch,
-    load_eval_data,
-    noise_floor,
-    score,
-)
 from vitslim.models import LoadedModel, load_model
 from vitslim.report.markdown import device_line
 

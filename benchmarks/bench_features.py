@@ -28,9 +28,10 @@ from pathlib import Path
 import torch
 from run_header import run_header
 
+from vitslim.evaluate.data import EvalData, evaluate_onnx, load_eval_data
 from vitslim.evaluate.features import feature_fidelity, knn_top1, retrieval_embedding
+from vitslim.export.variant import export_variant
 from vitslim.files import atomic_write_json, atomic_write_text
-from vitslim.measure import EvalData, evaluate_onnx, export_variant, load_eval_data
 from vitslim.models import LoadedModel, load_model
 from vitslim.models.features import FeatureOutputs, split_outputs
 from vitslim.pipeline import StageContext, build_variants

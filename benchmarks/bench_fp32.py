@@ -13,9 +13,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from vitslim.evaluate.data import load_eval_data
 from vitslim.files import atomic_write_json, atomic_write_text
-from vitslim.measure import MeasureSettings, fp32_report, load_eval_data
 from vitslim.models import load_model
+from vitslim.pipeline import fp32_report
+from vitslim.pipeline.measure import MeasureSettings
 from vitslim.report import render_markdown
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -32,7 +34,9 @@ def main() -> None:
     data = load_eval_data(loaded, None, args.limit, seed=0, batch_size=32)
     command = "python benchmarks/bench_fp32.py " + " ".join(sys.argv[1:])
     with tempfile.TemporaryDirectory() as tmp:
-        settings = MeasureSettings(data, Path(tmp), args.threads, [1, 16], runs=args.runs)
+        settings = MeasureSettings(
+            data=data, out_dir=Path(tmp), threads=args.threads, batch_sizes=[1, 16], runs=args.runs
+        )
         report = fp32_report(loaded, settings, command=command)
     atomic_write_json(RESULTS / "fp32_demo.json", report)
     atomic_write_text(RESULTS / "fp32_demo.md", render_markdown(report))

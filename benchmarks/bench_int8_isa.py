@@ -31,12 +31,13 @@ import torch
 from run_header import run_header
 
 from vitslim.evaluate.accuracy import Outputs, collect_outputs, ort_runner, topk_accuracy
+from vitslim.evaluate.data import evaluate_torch, load_eval_data
 from vitslim.evaluate.environment import environment, int8_saturates
 from vitslim.evaluate.openvino_runtime import ov_runner
 from vitslim.export.openvino_ir import save_openvino_ir
 from vitslim.export.validate import parity_of
+from vitslim.export.variant import export_variant
 from vitslim.files import atomic_write_json, atomic_write_text
-from vitslim.measure import evaluate_torch, export_variant, load_eval_data
 from vitslim.models import load_model
 from vitslim.pipeline import StageContext, build_variants
 from vitslim.recipes import load_recipe

@@ -35,9 +35,10 @@ from vitslim.compress.quant.mixed import (
 )
 from vitslim.compress.quant.mixed.search import images_and_labels
 from vitslim.compress.quant.search import SEARCHES
+from vitslim.evaluate.accuracy import score
+from vitslim.evaluate.data import evaluate_torch, load_eval_data
 from vitslim.evaluate.latency import resolve_threads
 from vitslim.files import atomic_write_json, atomic_write_text
-from vitslim.measure import evaluate_torch, load_eval_data, score
 from vitslim.models import load_model
 from vitslim.report.markdown import device_line
 

@@ -28,9 +28,10 @@ from pathlib import Path
 from run_header import run_header
 
 from vitslim.compress.quant.stage import QuantStage, apply
+from vitslim.evaluate.accuracy import score
+from vitslim.evaluate.data import evaluate_onnx, evaluate_torch, load_eval_data
 from vitslim.export.onnx_export import export_onnx
 from vitslim.files import atomic_write_json, atomic_write_text
-from vitslim.measure import evaluate_onnx, evaluate_torch, load_eval_data, score
 from vitslim.models import load_model
 from vitslim.pipeline import StageContext
 from vitslim.recipes import list_recipes, load_recipe

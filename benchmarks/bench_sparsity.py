@@ -32,9 +32,10 @@ from run_header import run_header
 from vitslim.calib import build_transform, load_dataset, make_loader
 from vitslim.compress.quant import QuantConfig, quantize_
 from vitslim.compress.sparsity import SparsityConfig, check_24, sparsify_
+from vitslim.evaluate.accuracy import score
+from vitslim.evaluate.data import EvalData, evaluate_torch, load_eval_data
 from vitslim.evaluate.latency import resolve_threads, torch_threads
 from vitslim.files import atomic_write_json, atomic_write_text
-from vitslim.measure import EvalData, evaluate_torch, load_eval_data, score
 from vitslim.models import LoadedModel, load_model
 from vitslim.report.markdown import device_line
 

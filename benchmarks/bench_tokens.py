@@ -33,13 +33,14 @@ from vitslim.compress.tokens import (
     estimate_flops,
 )
 from vitslim.compress.tokens.search import fit_to_budget, search_schedule
+from vitslim.evaluate.accuracy import score
+from vitslim.evaluate.data import EvalData, evaluate_onnx, load_eval_data
 from vitslim.evaluate.interleaved import runtime_call, summarize, time_interleaved
 from vitslim.evaluate.latency import resolve_threads
 from vitslim.evaluate.openvino_runtime import execution_precision, ov_compile
 from vitslim.export.onnx_export import export_onnx
 from vitslim.export.validate import check_parity
 from vitslim.files import atomic_write_json, atomic_write_text
-from vitslim.measure import EvalData, evaluate_onnx, load_eval_data, score
 from vitslim.models import LoadedModel, load_model
 from vitslim.pipeline import StageContext
 from vitslim.report.markdown import device_line

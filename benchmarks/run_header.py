@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from vitslim.evaluate.environment import environment
-from vitslim.measure import model_summary
 from vitslim.models import LoadedModel
+from vitslim.pipeline.measure import model_summary
 
 
 def run_header(script: str, loaded: LoadedModel, argv: Sequence[str] | None = None) -> dict[str, Any]:

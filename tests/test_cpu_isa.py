@@ -131,7 +131,7 @@ def test_a_deviating_int8_kernel_fails_validation_and_is_told_apart_from_a_wrong
     PyTorch: validation fails (exit 4, file quarantined) and says that ONNX Runtime's reference
     kernels match PyTorch, so the deviation is the CPU's. The saturating kernel is faked here: the
     optimised session's logits of quantized files are shuffled across classes."""
-    import vitslim.measure as measure
+    import vitslim.pipeline.measure as measure
 
     real = measure.evaluate_onnx
 

@@ -9,9 +9,10 @@ import pytest
 from tests.helpers import tiny_vit
 from vitslim.calib import build_transform, load_dataset, make_loader
 from vitslim.errors import UserError
+from vitslim.evaluate.data import EvalData, evaluate_torch
+from vitslim.evaluate.parity import noise_floor
 from vitslim.export.stages import ExportStage
 from vitslim.export.validate import ValidateStage, excess_disagreement_p
-from vitslim.measure import EvalData, evaluate_torch, noise_floor
 
 
 def test_defaults_and_round_trip() -> None:

@@ -26,7 +26,7 @@ from vitslim.evaluate.openvino_runtime import (
 from vitslim.export.onnx_export import export_onnx
 from vitslim.export.openvino_ir import ir_files, save_openvino_ir
 from vitslim.export.qdq import export_quantized_onnx
-from vitslim.measure import resolve_runtimes
+from vitslim.runtimes import resolve_runtimes
 
 pytest.importorskip("openvino", reason="OpenVINO is an optional extra (pip install 'vitslim[openvino]')")
 

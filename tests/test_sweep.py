@@ -16,10 +16,10 @@ from tests.test_cli import assert_user_error, run
 from vitslim.compress.quant import QuantConfig, quantize_
 from vitslim.compress.tokens import TokenMergeConfig, apply_token_reduction
 from vitslim.errors import UserError
+from vitslim.evaluate.data import evaluate_onnx, evaluate_torch, load_eval_data, shard_eval_data
 from vitslim.evaluate.sharded import OrtRunnerFactory, evaluate_sharded
 from vitslim.executors import LocalExecutor, RayExecutor, make_executor
 from vitslim.export.onnx_export import export_onnx
-from vitslim.measure import evaluate_onnx, evaluate_torch, load_eval_data, shard_eval_data
 from vitslim.models.loaded import LoadedModel
 from vitslim.sweep import build_candidates, parse_grid
 from vitslim.sweep.summary import pareto_front

@@ -108,13 +108,7 @@ def info(loaded: LoadedModel, recipe: Recipe | None, json_path: Path | None) -> 
     help="Also evaluate this exported model (ONNX, or OpenVINO IR .xml with --runtime openvino) and compare it "
     "with PyTorch.",
 )
-@click.option(
-    "--runtime",
-    type=click.Choice(["onnxruntime", "openvino"]),
-    default="onnxruntime",
-    show_default=True,
-    help="Runtime that evaluates --onnx (OpenVINO in its default precision: bf16 on CPUs that have it).",
-)
+@runtime_option("onnxruntime", files=True)
 @output_option
 @executor_options
 @json_option
@@ -134,7 +128,8 @@ def eval_command(
     json_path: Path | None,
 ) -> None:
     """Top-1/top-5 on labelled data; with --onnx, fidelity of the exported model against PyTorch."""
-    from vitslim.measure import evaluate_model, load_eval_data, shard_eval_data
+    from vitslim.evaluate.data import load_eval_data, shard_eval_data
+    from vitslim.evaluate.model import evaluate_model
 
     runtimes_of(runtime)  # OpenVINO missing: fail before any work
     eval_data = load_eval_data(loaded, data, limit, seed, batch_size)
@@ -182,28 +177,23 @@ def bench(
     runs: int,
     json_path: Path | None,
 ) -> None:
-    """Latency of PyTorch eager, ONNX Runtime and OpenVINO (CPU) on random inputs."""
+    """Latency of PyTorch eager, ONNX Runtime and OpenVINO (CPU) on random inputs, timed interleaved."""
+    import torch
+
     from vitslim.evaluate.environment import environment
-    from vitslim.evaluate.latency import bench_ort, bench_torch, latency_table
+    from vitslim.evaluate.latency import latency_table
     from vitslim.export.onnx_export import export_onnx
+    from vitslim.pipeline.latency import time_variants
+    from vitslim.runtimes import RUNTIMES, Deployed
 
-    timing = {"warmup": warmup, "runs": runs}
     runtimes = runtimes_of(runtime)
-    results = []
-    if "pytorch" in runtimes:
-        results += bench_torch(
-            loaded.model, loaded.input_size, batch_sizes, threads, progress=show_progress(), **timing
-        )
     with tempfile.TemporaryDirectory() as tmp:
-        path = onnx_path
-        if path is None and ("onnxruntime" in runtimes or "openvino" in runtimes):
-            path = export_onnx(loaded.model, Path(tmp) / "model.onnx", loaded.input_size)
-        if "onnxruntime" in runtimes:
-            results += bench_ort(str(path), loaded.input_size, batch_sizes, threads, progress=show_progress(), **timing)
-        if "openvino" in runtimes:
-            from vitslim.measure_openvino import openvino_latency
-
-            results += openvino_latency(path, loaded.input_size, batch_sizes, threads, True, show_progress(), **timing)
+        path = onnx_path or Path(tmp) / "model.onnx"
+        if onnx_path is None and not all(RUNTIMES[r].runs_model for r in runtimes):
+            export_onnx(loaded.model, path, loaded.input_size)
+        deployed = Deployed(loaded.name, loaded.model, path, loaded.input_size, torch.device("cpu"), baseline=True)
+        timed = time_variants([deployed], runtimes, batch_sizes, threads, warmup, runs, show_progress())
+    results = timed[loaded.name]
     env = environment()
     click.echo(f"{loaded.name} on {env['cpu']} ({env['logical_cores']} logical cores), random inputs")
     for line in latency_table(results):

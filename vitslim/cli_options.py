@@ -140,21 +140,27 @@ def timing_options(runs: int = 30, warmup: int = 3) -> Callable[[Callable], Call
     return decorate
 
 
-def runtime_option(default: str) -> Callable[[Callable], Callable]:
-    """--runtime: whose latency is measured."""
+def runtime_option(default: str, *, files: bool = False) -> Callable[[Callable], Callable]:
+    """--runtime, its choices read from the runtime registry (``files``: only runtimes that run an
+    exported file, no ``all``)."""
+    from vitslim.runtimes import runtime_choices
+
+    help_all = (
+        "Runtime(s) whose latency is measured (a quantized model runs as fake quantization in PyTorch, not as it "
+        "deploys); openvino also writes and evaluates each model as OpenVINO IR; all: every installed runtime."
+    )
     return click.option(
         "--runtime",
-        type=click.Choice(["pytorch", "onnxruntime", "openvino", "all"]),
+        type=click.Choice(runtime_choices(files=files)),
         default=default,
         show_default=True,
-        help="Runtime(s) whose latency is measured (a quantized model runs as fake quantization in PyTorch, "
-        "not as it deploys); openvino also writes and evaluates each model as OpenVINO IR; all: every "
-        "installed runtime.",
+        help="Runtime that runs the exported file." if files else help_all,
     )
 
 
 def runtimes_of(runtime: str) -> tuple[str, ...]:
-    from vitslim.measure import resolve_runtimes
+    """The runtimes ``--runtime`` names (``all``: the installed ones); a missing one is a UserError."""
+    from vitslim.runtimes import resolve_runtimes
 
     return resolve_runtimes(runtime)
 

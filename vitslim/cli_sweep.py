@@ -15,6 +15,8 @@ from vitslim.cli_options import (
     emit,
     json_option,
     model_options,
+    runtime_option,
+    runtimes_of,
     show_progress,
 )
 
@@ -47,7 +49,7 @@ def _split(_ctx: click.Context, _param: click.Parameter, value: str) -> list[str
     help="Threads (and Ray CPUs) of each candidate task, whatever the executor: the same figures either way.",
 )
 @batch_sizes_option
-@click.option("--runtime", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime", show_default=True)
+@runtime_option("onnxruntime", files=True)
 @click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True, help="Interleaved timing rounds.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--ray-address", help="An existing Ray cluster (e.g. ray://head:10001); default: a local one.")
@@ -69,6 +71,7 @@ def sweep(
     from vitslim.sweep import SweepSettings, build_candidates, parse_grid, run_sweep
     from vitslim.sweep.report import render_sweep_markdown
 
+    runtimes_of(str(options["runtime"]))  # a missing runtime: fail before any work
     candidates = build_candidates(recipes, [parse_grid(g) for g in grid])
     options["batch_sizes"] = tuple(options["batch_sizes"])
     settings = SweepSettings(**options)

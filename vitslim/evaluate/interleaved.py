@@ -8,32 +8,41 @@ threads spin for a while after a call and would otherwise slow the next runtime 
 
 from __future__ import annotations
 
-import functools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from tqdm import tqdm
 
 __all__ = ["time_interleaved", "summarize", "runtime_call"]
 
+K = TypeVar("K", bound=Hashable)
+
 
 def time_interleaved(
-    runners: Mapping[str, Callable[[], object]],
+    runners: Mapping[K, Callable[[], object]],
     rounds: int = 5,
     calls: int = 3,
     warmup: int = 2,
     pause: float = 0.2,
     progress: bool = True,
-) -> dict[str, list[float]]:
-    """Per runner name, the milliseconds of its ``rounds * calls`` timed calls."""
+    max_seconds: float | None = None,
+    min_rounds: int = 5,
+) -> dict[K, list[float]]:
+    """Per runner name, the milliseconds of its ``rounds * calls`` timed calls, round after round.
+    ``max_seconds``: stop after the round in which that much time has passed, once ``min_rounds``
+    rounds (or all ``rounds``, when fewer) are done."""
     names = list(runners)
     for name in names:
         for _ in range(warmup):
             runners[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
+    times: dict[K, list[float]] = {name: [] for name in names}
+    end = None if max_seconds is None else time.perf_counter() + max_seconds
     for index in tqdm(range(rounds), desc="interleaved timing", unit="round", disable=not progress, leave=False):
+        if end is not None and index >= min_rounds and time.perf_counter() > end:
+            break
         shift = index % len(names)
         for name in names[shift:] + names[:shift]:
             time.sleep(pause)
@@ -51,16 +60,14 @@ def summarize(times: list[float]) -> dict[str, float]:
 
 
 def runtime_call(path: str | Path, runtime: str, threads: int, x: np.ndarray, precision: str = "default") -> Callable:
-    """A no-argument call running the model at ``path`` on ``x`` in ``onnxruntime`` or ``openvino``
-    (compiled for ``x``'s static batch, in ``precision``); the session is built here, once."""
-    if runtime == "onnxruntime":
-        from vitslim.evaluate.runtimes import ort_session
+    """A no-argument call running the file at ``path`` on random inputs shaped like ``x`` in a
+    registered runtime (:mod:`vitslim.runtimes`) that runs files, in ``precision`` (``f32``: the
+    exact-precision run where the runtime has one); the session is built here, once."""
+    import torch
 
-        session = ort_session(path, threads=threads)
-        return functools.partial(session.run, None, {session.get_inputs()[0].name: x})
-    if runtime == "openvino":
-        from vitslim.evaluate.openvino_runtime import ov_compile
+    from vitslim.runtimes import RUNTIMES, Deployed
 
-        request = ov_compile(path, threads, precision, batch=x.shape[0]).create_infer_request()
-        return functools.partial(request.infer, {0: x})
-    raise ValueError(f"no interleaved timing for runtime {runtime!r}")
+    path = Path(path)
+    deployed = Deployed(path.stem, None, path, tuple(x.shape[1:]), torch.device("cpu"), baseline=precision != "default")
+    timers = RUNTIMES[runtime].timers(deployed, x.shape[0], threads)
+    return timers.get("" if precision == "default" else precision, timers[""]).call

@@ -36,9 +36,40 @@ class Latency:
     images_per_s: float
     #: where it ran: a PyTorch device (``cpu``, ``cuda:0``) or an ONNX Runtime execution provider
     device: str = "cpu"
+    #: the fastest tenth of the calls took at most this long (with p90: the spread of the calls)
+    p10_ms: float | None = None
+    #: timed interleaved with other runners: this runner's p50 in each round, in round order (the
+    #: rounds of runners timed together pair up: :mod:`vitslim.evaluate.speedup`)
+    round_p50_ms: tuple[float, ...] = ()
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        record = asdict(self)
+        record["round_p50_ms"] = list(self.round_p50_ms)
+        return record
+
+
+def latency_of(
+    times: list[float], runtime: str, batch: int, threads: int, warmup: int, calls: int, device: str
+) -> Latency:
+    """The :class:`Latency` of one runner's interleaved ``times``
+    (:func:`~vitslim.evaluate.interleaved.time_interleaved`, ``calls`` per round)."""
+    p10, p50, p90, p99 = np.percentile(times, [10, 50, 90, 99])
+    rounds = tuple(float(np.median(times[i : i + calls])) for i in range(0, len(times), calls))
+    return Latency(
+        runtime,
+        batch,
+        threads,
+        warmup,
+        len(times),
+        float(p50),
+        float(p90),
+        float(p99),
+        statistics.fmean(times),
+        batch * 1000.0 / float(p50),
+        device,
+        float(p10),
+        rounds,
+    )
 
 
 def resolve_threads(threads: int) -> int:

@@ -5,7 +5,7 @@
   same inputs (a tensor, a list of image batches or a DataLoader of ``(images, labels)``).
 * The judge: :class:`ValidateStage` (a recipe's ``validate`` stage) says whether parity figures
   pass; :func:`judge` applies it to several exports of one model, measuring PyTorch's own noise
-  floor (``vitslim.measure.noise_floor``) once, only when an agreement needs it.
+  floor (``vitslim.evaluate.parity.noise_floor``) once, only when an agreement needs it.
 * Quarantine: a failed file is renamed ``<name>.failed.<suffix>`` (an OpenVINO IR with its
   ``.bin``): kept for inspection, never mistaken for a good one.
 
@@ -372,13 +372,13 @@ def validate_exports(
     rule: ValidateStage,
     floor: Callable[[], dict],
     out_dir: Path,
-) -> list[str]:
+) -> dict[str, str]:
     """Judge the exports of one report variant (``runtime -> (record, parity)``: the record names
     its ``file`` in ``out_dir``, an IR also its ``weights_file``) by ``rule``, write the verdict
     into each record's ``validation`` and quarantine the failing files (the records follow).
-    Returns why each file failed (empty when all passed)."""
+    Returns why each failing file failed, by runtime (empty when all passed)."""
     verdicts = judge({runtime: parity for runtime, (_, parity) in exports.items()}, rule, floor)
-    failures = []
+    failures = {}
     for runtime, (record, _) in exports.items():
         verdict = verdicts[runtime]
         record["validation"] = {
@@ -394,7 +394,7 @@ def validate_exports(
             record["file"] = moved[0].name
             if len(moved) > 1:
                 record["weights_file"] = moved[1].name
-            failures.append(f"{variant}: {record['file']} failed validation against PyTorch ({reasons})")
+            failures[runtime] = f"{variant}: {record['file']} failed validation against PyTorch ({reasons})"
     return failures
 
 

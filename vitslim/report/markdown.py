@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from vitslim.evaluate.speedup import speedup
 from vitslim.report.features import features_section
 from vitslim.report.format import fmt_mb, fmt_num, fmt_pct, md_table
 from vitslim.report.summary import summary_section
@@ -140,7 +141,9 @@ def _latency_section(report: dict) -> list[str]:
     for v in report["variants"]:
         for lat in v["latency"]:
             key = (lat["runtime"], lat.get("device"), lat["batch"], lat["threads"])
-            base.setdefault(key, lat["p50_ms"])
+            first = base.setdefault(key, lat)
+            judged = speedup(first, lat, (v.get("onnx") or {}).get("graph_of") == report["variants"][0]["name"])
+            spread = "" if lat.get("p10_ms") is None else f"{lat['p10_ms']:.2f}-{lat['p90_ms']:.2f}"
             rows.append(
                 [
                     v["name"],
@@ -149,24 +152,29 @@ def _latency_section(report: dict) -> list[str]:
                     str(lat["batch"]),
                     str(lat["threads"]),
                     f"{lat['p50_ms']:.2f}",
-                    f"{lat['p90_ms']:.2f}",
+                    spread or f"p90 {lat['p90_ms']:.2f}",
                     f"{lat['images_per_s']:.1f}",
-                    f"{base[key] / lat['p50_ms']:.2f}x",
+                    f"{judged.ratio:.2f}x" + ("" if first is lat or judged.claimed else f" ({judged.verdict})"),
                     str(lat.get("runs", "")),
                 ]
             )
     if not rows:
         return []
     device = where_measured(report["environment"], report_device(report))
-    header = ["variant", "runtime", "device (precision)", "batch", "threads", "p50 ms", "p90 ms", "images/s"]
+    header = ["variant", "runtime", "device (precision)", "batch", "threads", "p50 ms", "p10-p90 ms", "images/s"]
+    how = (
+        "every variant and runtime timed interleaved, round by round"
+        if report.get("benchmark", {}).get("timing") == "interleaved"
+        else "timed one after another"
+    )
     return [
         "",
-        f"## Latency ({device}; random inputs; median and p90 of timed runs after warm-up)",
+        f"## Latency ({device}; random inputs; {how}; median and spread of timed calls after warm-up)",
         "",
         *md_table([*header, "speed vs first variant", "runs"], rows),
         "",
         "Speed ratios compare p50 latencies measured in the same run, same runtime, device, precision, batch "
-        "and threads.",
+        "and threads; a ratio not backed by every round (or from a graph equal to the first variant's) says so.",
     ]
 
 

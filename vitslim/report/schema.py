@@ -26,13 +26,17 @@ class _RequiredLatency(TypedDict):
 
 
 class Latency(_RequiredLatency, total=False):
-    """One runtime at one batch size: warm-up, then the median and p90 of the timed runs."""
+    """One runtime at one batch size: warm-up, then the median and spread of the timed calls; timed
+    interleaved with the run's other variants and runtimes, its p50 in each round (the rounds pair
+    up across entries: :mod:`vitslim.evaluate.speedup`)."""
 
     device: str
     warmup: int
     runs: int
+    p10_ms: float
     p99_ms: float
     mean_ms: float
+    round_p50_ms: list[float]
 
 
 class _RequiredVariant(TypedDict):

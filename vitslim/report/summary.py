@@ -1,8 +1,9 @@
 """The ten-second summary that opens a report: per variant, what it costs and what it gains.
 
 One row per variant: top-1 and its change against fp32, the speed-up against fp32 in the runtime a
-deployment would use (OpenVINO when it was measured, else ONNX Runtime, else PyTorch: same
-runtime, device, precision, batch and threads), the file size, the export's validation verdict
+deployment would use (the registered runtime of lowest ``deploy_rank`` that timed every variant:
+OpenVINO, else ONNX Runtime, else PyTorch; same device, precision, batch and threads) with its
+noise verdict (:mod:`vitslim.evaluate.speedup`), the file size, the export's validation verdict
 and which runtime and precision ran it.
 """
 
@@ -10,20 +11,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from vitslim.evaluate.speedup import MIN_EFFECT, MIN_ROUNDS, Speedup, speedup
 from vitslim.report.features import feature_summary
 from vitslim.report.format import fmt_mb, fmt_pct, md_table
+from vitslim.runtimes import RUNTIMES
 
-__all__ = ["DEPLOYMENT_RUNTIMES", "summary_rows", "summary_section"]
-
-#: runtimes a summary reports speed-ups in, the first one measured wins
-DEPLOYMENT_RUNTIMES = ("openvino", "onnxruntime", "pytorch")
-_RUNTIME_NAMES = {"openvino": "OpenVINO", "onnxruntime": "ONNX Runtime", "pytorch": "PyTorch"}
+__all__ = ["deployment_runtime", "speedups", "summary_rows", "summary_section"]
 
 
-def _runtime(variants: list[dict]) -> str | None:
-    """The first of :data:`DEPLOYMENT_RUNTIMES` every variant was timed in."""
+def deployment_runtime(variants: list[dict]) -> str | None:
+    """The registered runtime of lowest ``deploy_rank`` that timed every variant (None: none did)."""
     timed = [{entry["runtime"] for entry in v["latency"]} for v in variants]
-    return next((r for r in DEPLOYMENT_RUNTIMES if all(r in t for t in timed)), None)
+    ranked = sorted(RUNTIMES, key=lambda r: r.deploy_rank)
+    return next((r.name for r in ranked if all(r.name in t for t in timed)), None)
+
+
+def _title(runtime: str) -> str:
+    return RUNTIMES[runtime].title if runtime in RUNTIMES else runtime
 
 
 def _accuracy(variant: dict, fp32: dict) -> str:
@@ -43,15 +47,23 @@ def _setting(entry: dict) -> tuple:
     return entry.get("device", "cpu"), entry["batch"], entry["threads"]
 
 
+def speedups(variant: dict, fp32: dict, runtime: str, settings: set[tuple] | None = None) -> list[tuple[int, Speedup]]:
+    """Per batch size, ``variant``'s speed-up over ``fp32`` in ``runtime`` at the same device
+    (precision) and threads, for the ``settings`` given (default: all; fp32's extra exact-precision
+    runs are left out by them); a variant whose ONNX graph is fp32's with other weights is never
+    judged faster or slower."""
+    base = {_setting(e): e for e in fp32["latency"] if e["runtime"] == runtime}
+    same_graph = variant is not fp32 and (variant.get("onnx") or {}).get("graph_of") == fp32["name"]
+    return [
+        (entry["batch"], speedup(base[_setting(entry)], entry, same_graph))
+        for entry in variant["latency"]
+        if entry["runtime"] == runtime and _setting(entry) in base and (settings is None or _setting(entry) in settings)
+    ]
+
+
 def _speedup(variant: dict, fp32: dict, runtime: str, settings: set[tuple]) -> str:
-    """fp32's p50 over the variant's per batch size, in ``runtime`` at the same device (precision) and
-    threads, for the ``settings`` every variant was timed at (fp32's extra f32-hint runs are left out)."""
-    base = {_setting(e): e["p50_ms"] for e in fp32["latency"] if e["runtime"] == runtime}
-    parts = []
-    for entry in variant["latency"]:
-        key = _setting(entry)
-        if entry["runtime"] == runtime and key in base and key in settings:
-            parts.append(f"{base[key] / entry['p50_ms']:.2f}x (b{entry['batch']})")
+    """The summary's speed-up cell, for the ``settings`` every variant was timed at."""
+    parts = [s.text(batch) for batch, s in speedups(variant, fp32, runtime, settings)]
     return ", ".join(parts) or "n/a"
 
 
@@ -70,22 +82,13 @@ def _verdict(variant: dict) -> str:
 def _precision(variant: dict, runtime: str) -> str:
     """Which runtime ran the variant, on what, in which precision."""
     device = next((e.get("device", "cpu") for e in variant["latency"] if e["runtime"] == runtime), "cpu")
-    device = device.removesuffix("ExecutionProvider")  # ONNX Runtime's CPUExecutionProvider: CPU
-    if runtime == "openvino":
-        ov = variant["openvino"]
-        int8 = ov["int8"]
-        layers = f", int8 in {int8['int8_layers']} of {int8['compute_layers']} layers" if int8["int8_layers"] else ""
-        return f"OpenVINO {device}{layers}"
-    quantized = (variant.get("onnx") or {}).get("format") == "qdq"
-    if runtime == "onnxruntime":
-        return f"ONNX Runtime {device}, {'int8 Q/DQ' if quantized else 'fp32'}"
-    return f"PyTorch {device}, {'fake-quantized' if quantized else 'fp32'}"
+    return RUNTIMES[runtime].ran_in(variant, device) if runtime in RUNTIMES else f"{runtime} {device}"
 
 
 def summary_rows(report: dict[str, Any]) -> tuple[str | None, list[list[str]]]:
     """The deployment runtime the speed-ups are taken in, and a table row per variant."""
     variants = report["variants"]
-    fp32, runtime = variants[0], _runtime(variants)
+    fp32, runtime = variants[0], deployment_runtime(variants)
     settings = {_setting(e) for e in variants[-1]["latency"] if e["runtime"] == runtime}
     rows = []
     for v in variants:
@@ -102,12 +105,14 @@ def summary_section(report: dict[str, Any]) -> list[str]:
     """The summary's Markdown lines."""
     runtime, rows = summary_rows(report)
     header = ["variant", "top-1 (change vs fp32)", "speed-up vs fp32 (p50)", "size", "validation", "ran in"]
-    where = "no runtime timed every variant" if runtime is None else f"speed-ups in {_RUNTIME_NAMES[runtime]}"
+    where = "no runtime timed every variant" if runtime is None else f"speed-ups in {_title(runtime)}"
     return [
         "## Summary",
         "",
         *md_table(header, rows),
         "",
         f"Top-1 in PyTorch on the evaluation data; {where}, against fp32 at the same device, precision, batch "
-        "and threads; validation: the exported files against their PyTorch model (details below).",
+        f"and threads, all timed interleaved; a speed-up is claimed only when every one of at least {MIN_ROUNDS} "
+        f"rounds agrees and it exceeds {100 * MIN_EFFECT:.0f}% (otherwise: within noise, with the range of the "
+        "per-round ratios); validation: the exported files against their PyTorch model (details below).",
     ]

@@ -4,7 +4,6 @@ candidate within an accuracy-drop bound)."""
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,24 +37,16 @@ def time_candidates(
     rounds: int,
     input_size: tuple[int, ...],
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """p50/p90 per candidate (and fp32) per batch size, timed interleaved in ``runtime``; OpenVINO
-    runs each ONNX file converted to IR."""
+    """p50/p90 per candidate (and fp32) per batch size, timed interleaved in ``runtime``."""
     files = _final_files(out, reports)
     threads = resolve_threads(threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        if runtime == "openvino":
-            from vitslim.export.openvino_ir import save_openvino_ir
-
-            files = {
-                name: save_openvino_ir(path, Path(tmp) / f"{i}.xml") for i, (name, path) in enumerate(files.items())
-            }
-        latency: dict[str, dict[str, dict[str, float]]] = {name: {} for name in files}
-        for batch in batch_sizes:
-            x = np.random.default_rng(0).standard_normal((batch, *input_size), dtype=np.float32)
-            calls = {name: runtime_call(path, runtime, threads, x) for name, path in files.items()}
-            times = time_interleaved(calls, rounds=rounds, calls=3 if batch == 1 else 1, progress=False)
-            for name, values in times.items():
-                latency[name][str(batch)] = summarize(values)
+    latency: dict[str, dict[str, dict[str, float]]] = {name: {} for name in files}
+    for batch in batch_sizes:
+        x = np.random.default_rng(0).standard_normal((batch, *input_size), dtype=np.float32)
+        calls = {name: runtime_call(path, runtime, threads, x) for name, path in files.items()}
+        times = time_interleaved(calls, rounds=rounds, calls=3 if batch == 1 else 1, progress=False)
+        for name, values in times.items():
+            latency[name][str(batch)] = summarize(values)
     return latency
 
 

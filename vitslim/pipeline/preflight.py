@@ -19,7 +19,7 @@ from vitslim.errors import UserError
 from vitslim.models import LoadedModel
 
 if TYPE_CHECKING:
-    from vitslim.pipeline import StageContext
+    from vitslim.pipeline.context import StageContext
     from vitslim.recipes import Recipe
 
 

@@ -1,0 +1,64 @@
+"""Exporting one variant of a run: explicit Q/DQ ONNX when it is quantized, plain FP32 otherwise,
+reusing a traced graph where only weights differ."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+import torch
+
+from vitslim.compress.quant import is_quantized
+from vitslim.evaluate.device import module_device
+from vitslim.export.manifest import precision_table
+from vitslim.export.onnx_export import DEFAULT_OPSET, save_onnx, trace_onnx, with_weights
+from vitslim.export.qdq import QDQ_OPSET, export_quantized_onnx
+
+__all__ = ["export_variant"]
+
+log = logging.getLogger(__name__)
+
+
+def export_variant(
+    model: torch.nn.Module,
+    path: Path,
+    input_size: tuple[int, int, int],
+    graphs: dict[str, ir.Model] | None = None,
+    name: str = "",
+    reuse: str | None = None,
+) -> tuple[Path, int, dict]:
+    """Export ``model`` to ``path``: explicit Q/DQ when it is quantized, plain FP32 otherwise.
+    Returns the path, the opset and what the export says about itself. A model on a GPU is
+    exported from a CPU copy. ``graphs``: the traced graphs of float exports, by variant name;
+    this one's is kept under ``name``. ``reuse``: a variant in ``graphs`` that differs from this
+    one by its weights only: its graph is written with this model's weights instead of tracing
+    again (tracing a ViT with token merging takes 25-60 s)."""
+    if module_device(model).type != "cpu":
+        model = copy.deepcopy(model).cpu()
+    if not is_quantized(model):
+        info: dict[str, Any] = {"format": "fp32"}
+        graph = None
+        if graphs is not None and reuse in graphs:
+            try:
+                graph = with_weights(graphs[reuse], model)
+                info["graph_of"] = reuse
+            except ValueError as exc:
+                log.info("%s: traced again, the graph of %s does not fit (%s)", name, reuse, exc)
+        if graph is None:
+            graph = trace_onnx(model, input_size, opset=DEFAULT_OPSET)
+        if graphs is not None:
+            graphs[name] = graph
+        return save_onnx(graph, path), DEFAULT_OPSET, info
+    export = export_quantized_onnx(model, path, input_size, opset=QDQ_OPSET)
+    info = {
+        "format": "qdq",
+        "accelerated_sites": len(export.accelerated),
+        "emulated_sites": len(export.emulated),
+        "tensorrt_int8_ready": export.tensorrt_int8_ready,
+        "notes": export.notes,
+        "precision": precision_table(export),
+    }
+    return export.path, export.opset, info

@@ -1,0 +1,41 @@
+"""ONNX Runtime: the variant's ONNX file itself (its CPU provider, or CUDA's where PyTorch runs on a GPU)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .base import Deployed, Runtime, Timed
+
+if TYPE_CHECKING:
+    from vitslim.evaluate.accuracy import Outputs
+    from vitslim.evaluate.data import EvalData
+
+__all__ = ["OnnxRuntime"]
+
+
+class OnnxRuntime(Runtime):
+    name = "onnxruntime"
+    title = "ONNX Runtime"
+    deploy_rank = 20
+
+    def timers(self, deployed: Deployed, batch: int, threads: int) -> dict[str, Timed]:
+        from vitslim.evaluate.device import ort_providers
+        from vitslim.evaluate.runtimes import ort_session
+
+        session = ort_session(deployed.onnx, threads=threads, providers=ort_providers(deployed.device))
+        import numpy as np
+
+        x = np.random.default_rng(0).standard_normal((batch, *deployed.input_size), dtype=np.float32)
+        call = functools.partial(session.run, None, {session.get_inputs()[0].name: x})
+        return {"": Timed(call, session.get_providers()[0])}
+
+    def evaluate_file(self, path: Path, data: EvalData, threads: int, progress: bool) -> tuple[str, Outputs]:
+        from vitslim.evaluate.data import evaluate_onnx
+
+        return f"onnxruntime:{path.name}", evaluate_onnx(path, data, threads, progress)
+
+    def ran_in(self, variant: dict[str, Any], device: str) -> str:
+        quantized = (variant.get("onnx") or {}).get("format") == "qdq"
+        return f"ONNX Runtime {device.removesuffix('ExecutionProvider')}, {'int8 Q/DQ' if quantized else 'fp32'}"
