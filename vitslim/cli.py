@@ -377,6 +377,7 @@ def _compress_and_report(
     command's ``options``, print the report and what was written; exit 4 when an export failed validation."""
     from vitslim.pipeline import compress as run_compress
     from vitslim.report.markdown import render_markdown
+    from vitslim.report.summary import slower_than_fp32
 
     runtimes, progress, command = runtimes_of(runtime), show_progress(), command_line()
     report = run_compress(loaded, recipe, out_dir, progress=progress, command=command, runtimes=runtimes, **options)
@@ -384,6 +385,8 @@ def _compress_and_report(
     onnx_files = ", ".join(v["onnx"]["file"] for v in report["variants"])
     click.echo(f"wrote report.json, report.md, report.html, manifest.json and {onnx_files} into {out_dir}")
     emit(report, json_path)
+    for line in slower_than_fp32(report):
+        click.echo(f"warning: {line}", err=True)
     if report["validation_failures"]:
         for failure in report["validation_failures"]:
             click.echo(f"error: {failure}", err=True)

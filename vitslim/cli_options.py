@@ -140,18 +140,35 @@ def timing_options(runs: int = 30, warmup: int = 3) -> Callable[[Callable], Call
     return decorate
 
 
+class RuntimeChoice(click.Choice):
+    """``--runtime``'s choices, read from the runtime registry whenever they are needed, so a runtime
+    registered after the CLI was built is offered too."""
+
+    def __init__(self, files: bool) -> None:
+        self.files = files
+        super().__init__(self.choices)
+
+    @property  # type: ignore[override]
+    def choices(self) -> list[str]:
+        from vitslim.runtimes import runtime_choices
+
+        return runtime_choices(files=self.files)
+
+    @choices.setter
+    def choices(self, _value: object) -> None:
+        """Set by click's constructor: the registry is the source."""
+
+
 def runtime_option(default: str, *, files: bool = False) -> Callable[[Callable], Callable]:
     """--runtime, its choices read from the runtime registry (``files``: only runtimes that run an
     exported file, no ``all``)."""
-    from vitslim.runtimes import runtime_choices
-
     help_all = (
         "Runtime(s) whose latency is measured (a quantized model runs as fake quantization in PyTorch, not as it "
         "deploys); openvino also writes and evaluates each model as OpenVINO IR; all: every installed runtime."
     )
     return click.option(
         "--runtime",
-        type=click.Choice(runtime_choices(files=files)),
+        type=RuntimeChoice(files),
         default=default,
         show_default=True,
         help="Runtime that runs the exported file." if files else help_all,

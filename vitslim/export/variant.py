@@ -4,10 +4,12 @@ reusing a traced graph where only weights differ."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
 
+import onnx
 import onnx_ir as ir
 import torch
 
@@ -17,7 +19,7 @@ from vitslim.export.manifest import precision_table
 from vitslim.export.onnx_export import DEFAULT_OPSET, save_onnx, trace_onnx, with_weights
 from vitslim.export.qdq import QDQ_OPSET, export_quantized_onnx
 
-__all__ = ["export_variant"]
+__all__ = ["export_variant", "graph_signature"]
 
 log = logging.getLogger(__name__)
 
@@ -62,3 +64,15 @@ def export_variant(
         "precision": precision_table(export),
     }
     return export.path, export.opset, info
+
+
+def graph_signature(path: str | Path) -> str:
+    """A sha256 of the ONNX file's graph without its weight values (ops, attributes, wiring, tensor
+    names, shapes and types): two files with equal signatures compute the same way, at the same
+    cost, with other weights at most."""
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+            tensor.ClearField(field)
+        tensor.ClearField("external_data")
+    return hashlib.sha256(model.graph.SerializeToString(deterministic=True)).hexdigest()

@@ -20,7 +20,7 @@ from vitslim.evaluate.environment import environment
 from vitslim.evaluate.features import feature_fidelity
 from vitslim.evaluate.latency import DEFAULT_RUNS, DEFAULT_WARMUP, resolve_threads
 from vitslim.evaluate.parity import onnx_parity
-from vitslim.export.variant import export_variant
+from vitslim.export.variant import export_variant, graph_signature
 from vitslim.models import LoadedModel
 from vitslim.models.features import split_outputs, with_output
 from vitslim.runtimes import RUNTIMES, Check, Deployed
@@ -181,7 +181,7 @@ def _export_checked(
         _agreement_text(parity["top1_agreement"]),
         parity["max_abs_diff"],
     )
-    return onnx_path, {**parity, **export_info}
+    return onnx_path, {**parity, **export_info, "graph_sha256": graph_signature(onnx_path)}
 
 
 def report_header(loaded: LoadedModel, settings: MeasureSettings) -> dict:

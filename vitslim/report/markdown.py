@@ -5,7 +5,7 @@ from __future__ import annotations
 from vitslim.evaluate.speedup import speedup
 from vitslim.report.features import features_section
 from vitslim.report.format import fmt_mb, fmt_num, fmt_pct, md_table
-from vitslim.report.summary import summary_section
+from vitslim.report.summary import same_graph_as, summary_section
 
 
 def estimated_bits(mp: dict) -> list[int]:
@@ -142,7 +142,7 @@ def _latency_section(report: dict) -> list[str]:
         for lat in v["latency"]:
             key = (lat["runtime"], lat.get("device"), lat["batch"], lat["threads"])
             first = base.setdefault(key, lat)
-            judged = speedup(first, lat, (v.get("onnx") or {}).get("graph_of") == report["variants"][0]["name"])
+            judged = speedup(first, lat, v is not report["variants"][0] and same_graph_as(v, report["variants"][0]))
             spread = "" if lat.get("p10_ms") is None else f"{lat['p10_ms']:.2f}-{lat['p90_ms']:.2f}"
             rows.append(
                 [

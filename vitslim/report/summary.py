@@ -16,7 +16,7 @@ from vitslim.report.features import feature_summary
 from vitslim.report.format import fmt_mb, fmt_pct, md_table
 from vitslim.runtimes import RUNTIMES
 
-__all__ = ["deployment_runtime", "speedups", "summary_rows", "summary_section"]
+__all__ = ["deployment_runtime", "same_graph_as", "speedups", "slower_than_fp32", "summary_rows", "summary_section"]
 
 
 def deployment_runtime(variants: list[dict]) -> str | None:
@@ -53,12 +53,21 @@ def speedups(variant: dict, fp32: dict, runtime: str, settings: set[tuple] | Non
     runs are left out by them); a variant whose ONNX graph is fp32's with other weights is never
     judged faster or slower."""
     base = {_setting(e): e for e in fp32["latency"] if e["runtime"] == runtime}
-    same_graph = variant is not fp32 and (variant.get("onnx") or {}).get("graph_of") == fp32["name"]
+    same_graph = variant is not fp32 and same_graph_as(variant, fp32)
     return [
         (entry["batch"], speedup(base[_setting(entry)], entry, same_graph))
         for entry in variant["latency"]
         if entry["runtime"] == runtime and _setting(entry) in base and (settings is None or _setting(entry) in settings)
     ]
+
+
+def same_graph_as(variant: dict, base: dict) -> bool:
+    """Whether ``variant``'s ONNX graph is ``base``'s with other weights at most (equal graph
+    signatures; reports before signatures: the graph traced for ``base`` reused)."""
+    onnx, base_onnx = variant.get("onnx") or {}, base.get("onnx") or {}
+    if onnx.get("graph_sha256") and base_onnx.get("graph_sha256"):
+        return onnx["graph_sha256"] == base_onnx["graph_sha256"]
+    return onnx.get("graph_of") == base["name"]
 
 
 def _speedup(variant: dict, fp32: dict, runtime: str, settings: set[tuple]) -> str:
@@ -101,6 +110,22 @@ def summary_rows(report: dict[str, Any]) -> tuple[str | None, list[list[str]]]:
     return runtime, rows
 
 
+def slower_than_fp32(report: dict[str, Any]) -> list[str]:
+    """A sentence per batch size at which the report's final variant is measurably slower than fp32
+    in the deployment runtime (every round agreeing: :mod:`vitslim.evaluate.speedup`)."""
+    variants = report["variants"]
+    runtime = deployment_runtime(variants)
+    if runtime is None or len(variants) < 2:
+        return []
+    final = variants[-1]
+    return [
+        f"{final['name']} is slower than fp32 in {_title(runtime)} at batch {batch}: {s.ratio:.2f}x "
+        f"(every round between {s.low:.2f}x and {s.high:.2f}x)"
+        for batch, s in speedups(final, variants[0], runtime)
+        if s.verdict == "slower"
+    ]
+
+
 def summary_section(report: dict[str, Any]) -> list[str]:
     """The summary's Markdown lines."""
     runtime, rows = summary_rows(report)
@@ -115,4 +140,5 @@ def summary_section(report: dict[str, Any]) -> list[str]:
         f"and threads, all timed interleaved; a speed-up is claimed only when every one of at least {MIN_ROUNDS} "
         f"rounds agrees and it exceeds {100 * MIN_EFFECT:.0f}% (otherwise: within noise, with the range of the "
         "per-round ratios); validation: the exported files against their PyTorch model (details below).",
+        *(f"\n**Warning**: {line}." for line in slower_than_fp32(report)),
     ]
