@@ -57,7 +57,6 @@ class Variant(_RequiredVariant, total=False):
     kl: float | None
     onnx: dict[str, Any]
     openvino: dict[str, Any]
-    sparsity: dict[str, Any]
     #: with ``--output pooled|patch|both``: each output's per-image shape, and feature fidelity vs fp32
     outputs: dict[str, list[int]]
     features: dict[str, float | None]
