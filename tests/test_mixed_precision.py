@@ -29,9 +29,9 @@ from vitslim.compress.quant.mixed import (
 )
 from vitslim.compress.quant.mixed import float_run as float_run_mod
 from vitslim.compress.quant.mixed import sensitivity as sens_mod
+from vitslim.compress.quant.report import estimated_bits
 from vitslim.compress.tokens import TokenMergeConfig, TokenPruneConfig, apply_token_reduction
 from vitslim.errors import UserError
-from vitslim.report.markdown import estimated_bits
 
 BASE = uniform_cfg(8, 8)
 

@@ -171,6 +171,22 @@ def test_markdown_says_which_sensitivity_widths_were_measured(measured: list[int
     assert (says in text) if says else ("run through the model" not in text)
 
 
+def test_markdown_shows_the_sparsity_family_section() -> None:
+    report = sample_report()
+    assert "## 2:4 sparsity" not in render_markdown(report)
+    check = {"method": "wanda", "layers": 2, "pattern_in_model": 2, "pattern_in_onnx": 2, "onnx_layers_found": 2}
+    fc1 = {"shape": [8, 4], "sparsity": 0.5, "relative_error": 0.01}
+    per_layer = {"blocks.0.mlp.fc1": fc1, "blocks.0.mlp.fc2": {**fc1, "shape": [4, 8], "relative_error": 0.03}}
+    report["variants"] += [
+        {**report["variants"][0], "name": "sparsity", "sparsity": {**check, "per_layer": per_layer}},
+        {**report["variants"][0], "name": "quant", "sparsity": check},  # carried along: no per-layer record
+    ]
+    text = render_markdown(report)
+    assert text.index("## 2:4 sparsity") < text.index("## Latency")
+    assert "| sparsity | wanda | 2 | 2 of 2 | 2 of 2 | 50.00% | 0.0200, worst blocks.0.mlp.fc2 0.0300 |" in text
+    assert "| quant | wanda | 2 | 2 of 2 | 2 of 2 | n/a | n/a |" in text
+
+
 def test_reports_open_with_a_summary() -> None:
     """Per variant, in ten seconds: top-1 change, speed-up, size, validation, what ran it."""
     report = sample_report()

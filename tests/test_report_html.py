@@ -11,7 +11,9 @@ import pytest
 
 from tests.test_cli import assert_user_error, run
 from tests.test_compress import FAST, tiny
-from vitslim.report.figures import accuracy_vs_latency, bits_per_layer, tokens_per_layer
+from vitslim.compress.quant.report import bits_per_layer
+from vitslim.compress.tokens.report import tokens_figure
+from vitslim.report.figures import accuracy_vs_latency
 from vitslim.report.html import render_html
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -47,7 +49,7 @@ def test_html_has_tables_and_labelled_figures(tome_run: Path) -> None:
 def test_figures_are_skipped_without_data(tome_run: Path) -> None:
     report = json.loads((tome_run / "report.json").read_text())
     report["variants"] = report["variants"][:1]
-    assert tokens_per_layer(report) is None  # one variant: nothing to compare
+    assert tokens_figure(report) is None  # one variant: nothing to compare
     assert accuracy_vs_latency(report, runtime="tensorrt") is None
     assert len(embedded_pngs(render_html(report))) == 1
 

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import pytest
 import torch
 
+from tests.helpers import write_class_folder
 from tests.test_cli import run
 from tests.test_compress import FAST, tiny
 from vitslim import stages
 from vitslim.config import check_keys
 from vitslim.errors import UserError
 from vitslim.recipes import parse_recipe
+from vitslim.report.schema import Variant
 from vitslim.stages import STAGES, Family, StageRecord, StageSpec
 
 
@@ -44,11 +46,27 @@ def shift_head(model: torch.nn.Module, config: HeadShift, calibration: Any) -> S
     return StageRecord(config.describe(), config, {"layer": "head", "seed": calibration.seed})
 
 
+class HeadShiftEntries(TypedDict, total=False):
+    head_shift: dict[str, Any]
+
+
+def head_shift_section(variants: list[dict]) -> list[str]:
+    shifted = [v for v in variants if "head_shift" in v]
+    lines = [f"- {v['name']}: {v['head_shift']['layer']} bias shifted" for v in shifted]
+    return ["", "## Head shift", "", *lines] if shifted else []
+
+
+#: the report.html embeds whatever bytes a figure hook returns
+TOY_PNG = b"\x89PNG\r\n\x1a\ntoy"
+
 TOY = Family(
     from_dict=HeadShift.from_dict,
     apply=shift_head,
     summarize=lambda record, model, onnx_path, own: {"head_shift": {**record.report, "own": own}},
     notes=lambda variants: [f"{v['name']}: head shifted" for v in variants if "head_shift" in v],
+    entries=HeadShiftEntries,
+    sections=head_shift_section,
+    figures=lambda report: [("Toy figure: the head shift of every variant.", TOY_PNG)],
 )
 #: first in the pipeline, weights only, followed by token merging; pointless on a GPU
 TOY_SPEC = StageSpec(
@@ -61,25 +79,24 @@ def toy_table(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(stages, "STAGES", STAGES.with_stage(TOY_SPEC))
 
 
-def test_a_stage_added_through_the_table_runs_in_a_recipe(toy_table, tmp_path: Path, image_folder: Path) -> None:
-    recipe = tmp_path / "toy.yaml"
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The out folder of a compress run of a recipe with the toy stage and token merging (the toy table
+    stays in place for the module's tests)."""
+    root = tmp_path_factory.mktemp("toy")
+    recipe = root / "toy.yaml"
     recipe.write_text("stages:\n  tokens: {r: 4}\n  head_shift: {shift: 2.0}\n")
-    out = tmp_path / "out"
-    result = run(
-        "compress",
-        *tiny(),
-        "--recipe",
-        str(recipe),
-        "--data",
-        str(image_folder),
-        *FAST,
-        "--runtime",
-        "onnxruntime",
-        "--out",
-        str(out),
-    )
-    assert result.exit_code == 0, result.output
-    report = json.loads((out / "report.json").read_text())
+    out = root / "out"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stages, "STAGES", STAGES.with_stage(TOY_SPEC))
+        args = ["--recipe", str(recipe), "--data", str(write_class_folder(root / "images")), *FAST]
+        result = run("compress", *tiny(), *args, "--runtime", "onnxruntime", "--out", str(out))
+        assert result.exit_code == 0, result.output
+        yield out
+
+
+def test_a_stage_added_through_the_table_runs_in_a_recipe(toy_run: Path) -> None:
+    report = json.loads((toy_run / "report.json").read_text())
     assert list(report["recipe"]["stages"]) == ["head_shift", "tokens"]  # the table's order, not the file's
     fp32, shifted, merged = report["variants"]
     assert (shifted["name"], shifted["description"], merged["name"]) == ("head_shift", "head bias + 2", "tokens")
@@ -90,6 +107,23 @@ def test_a_stage_added_through_the_table_runs_in_a_recipe(toy_table, tmp_path: P
     assert shifted["agreement"] == 1.0  # the same shift on every logit keeps every argmax
     assert "head_shift: head shifted" in report["notes"] and "tokens: head shifted" in report["notes"]
     assert merged["tokens_per_layer"][-1] < fp32["tokens_per_layer"][-1]
+    declared = set(Variant.__required_keys__ | Variant.__optional_keys__)
+    for spec in stages.STAGES:
+        entries = spec.load().entries
+        declared |= set() if entries is None else entries.__required_keys__ | entries.__optional_keys__
+    assert set().union(*report["variants"]) <= declared  # every variant key is the schema's or a family's
+
+
+def test_a_stage_family_renders_its_own_section_and_figure(toy_run: Path) -> None:
+    text = (toy_run / "report.md").read_text()
+    assert "## Head shift\n\n- head_shift: head bias shifted\n- tokens: head bias shifted\n" in text
+    assert text.index("## ONNX export parity") < text.index("## Head shift") < text.index("## Latency")
+    page = (toy_run / "report.html").read_text()
+    toy, tokens = "Toy figure: the head shift of every variant.", "Tokens each transformer block sees."
+    assert page.index("Accuracy against ONNX Runtime latency") < page.index(toy) < page.index(tokens)  # table order
+    result = run("report", str(toy_run))  # re-rendered from report.json alone
+    assert result.exit_code == 0, result.output
+    assert (toy_run / "report.md").read_text() == text and (toy_run / "report.html").read_text() == page
 
 
 def test_the_table_orders_chains_and_targets(toy_table) -> None:

@@ -5,7 +5,8 @@ stages change the model, which change weights only) and the CLI (the targets) re
 only. Each stage's family offers one :class:`Family` (named ``"module:attribute"``, imported on
 first use): ``from_dict`` building its frozen config (``to_dict``, ``describe``), for a model
 stage the one verb ``apply(model, config, calibration) -> StageRecord``, and what the report says
-about it. Adding a stage touches its family and one :class:`StageSpec` here.
+about it: the entries it adds to report variants and how report.md and report.html show them.
+Adding a stage touches its family and one :class:`StageSpec` here.
 """
 
 from __future__ import annotations
@@ -57,7 +58,14 @@ class Family:
     config)`` fails in seconds on a config that does not fit the model. Report:
     ``measure(model)`` -> entries of every variant (the uncompressed one too), ``summarize(record,
     model, onnx_path, own)`` -> entries of the variants the stage was applied to (``own``: it was
-    applied last), ``notes(variants)`` -> report notes.
+    applied last), ``notes(variants)`` -> report notes; ``entries``: a TypedDict declaring the
+    variant keys those hooks add (the report schema's part owned by the family).
+
+    Rendering, from report.json's dicts alone (an old report re-renders without the model):
+    ``columns(variants)`` -> ``(title, one cell per variant)`` columns appended to the accuracy
+    table, ``sections(variants)`` -> Markdown lines of the family's own sections (each opening with
+    a blank line and a ``##`` heading; nothing when no variant has its entries), ``figures(report)``
+    -> ``(caption, png)`` figures. The report shows every family's, in the table's order.
     """
 
     from_dict: Callable[[Mapping[str, Any]], Any]
@@ -67,6 +75,10 @@ class Family:
     measure: Callable[[Any], dict[str, Any]] | None = None
     summarize: Callable[[StageRecord, Any, Path, bool], dict[str, Any]] | None = None
     notes: Callable[[list[dict]], list[str]] | None = None
+    entries: type | None = None
+    columns: Callable[[list[dict]], list[tuple[str, list[str]]]] | None = None
+    sections: Callable[[list[dict]], list[str]] | None = None
+    figures: Callable[[dict], list[tuple[str, bytes]]] | None = None
 
 
 @dataclass(frozen=True)

@@ -57,14 +57,14 @@ def feature_summary(variant: dict) -> str | None:
 
 def feature_figure(report: dict) -> bytes | None:
     """Each variant's cosines and neighbour recalls against fp32, as grouped bars."""
-    from vitslim.report.figures import COLORS, _figure, _png, data_label, device_label
+    from vitslim.report.figures import COLORS, data_label, device_label, new_figure, to_png
 
     variants = [v for v in report["variants"] if v.get("features")]
     if not variants:
         return None
     keys = [(k, t) for k, t in COLUMNS if k != "knn_top1" and any(v["features"].get(k) is not None for v in variants)]
     width = 0.8 / len(keys)
-    with _figure(8.0, 4.2) as (fig, ax):
+    with new_figure(8.0, 4.2) as (fig, ax):
         for i, (key, title) in enumerate(keys):
             values = [v["features"].get(key) or 0.0 for v in variants]
             xs = [j + (i - (len(keys) - 1) / 2) * width for j in range(len(variants))]
@@ -75,4 +75,4 @@ def feature_figure(report: dict) -> bytes | None:
         ax.set_ylabel("against fp32")
         ax.set_title(f"Feature fidelity, PyTorch, {device_label(report)}\n{data_label(report)}", fontsize=9)
         ax.legend(fontsize=7, loc="lower left")
-        return _png(fig)
+        return to_png(fig)

@@ -1,6 +1,7 @@
 """Figures of a report (matplotlib, Agg): each one says which runtime, device, batch, threads,
 data and sample count it shows. Every function returns PNG bytes, or None when the report
-has nothing to plot for it."""
+has nothing to plot for it. The stage families draw theirs (tokens, bits, sensitivity) with the
+helpers here: :func:`new_figure`, :func:`to_png`, :data:`COLORS`."""
 
 from __future__ import annotations
 
@@ -13,19 +14,21 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from vitslim.report.markdown import estimated_bits, report_device, where_measured  # noqa: E402
+from vitslim.report.markdown import report_device, where_measured  # noqa: E402
 
 COLORS = plt.get_cmap("tab10").colors
 
 
 @contextmanager
-def _figure(width: float = 7.0, height: float = 4.2) -> Iterator[tuple[plt.Figure, list]]:
+def new_figure(width: float = 7.0, height: float = 4.2) -> Iterator[tuple[plt.Figure, list]]:
+    """A figure and its axes, closed when the block ends."""
     fig, ax = plt.subplots(figsize=(width, height), dpi=110)
     yield fig, ax
     plt.close(fig)
 
 
-def _png(fig: plt.Figure) -> bytes:
+def to_png(fig: plt.Figure) -> bytes:
+    """``fig`` laid out and drawn as PNG bytes."""
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png")
@@ -77,81 +80,9 @@ def accuracy_vs_latency(report: dict, runtime: str = "onnxruntime") -> bytes | N
         f"accuracy on {data_label(report)}",
         fontsize=9,
     )
-    png = _png(fig)
+    png = to_png(fig)
     plt.close(fig)
     return png
-
-
-def tokens_per_layer(report: dict) -> bytes | None:
-    """Tokens each block sees, one line per variant (only when some variant reduces tokens)."""
-    variants = [v for v in report["variants"] if v.get("tokens_per_layer")]
-    if len({tuple(v["tokens_per_layer"]) for v in variants}) < 2:
-        return None
-    with _figure() as (fig, ax):
-        for i, variant in enumerate(variants):
-            tokens = variant["tokens_per_layer"]
-            ax.plot(tokens, marker="o", ms=3, label=variant["name"], color=COLORS[i % len(COLORS)])
-        ax.set_xlabel("block input (last point: output of the last block)")
-        ax.set_ylabel("tokens")
-        ax.set_title(f"Tokens per block, {report['model']['name']} (static schedule, any input)", fontsize=9)
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        return _png(fig)
-
-
-def bits_per_layer(report: dict) -> bytes | None:
-    """Weight and input bits of every quantized site of the last quantized variant."""
-    quantized = [v for v in report["variants"] if (v.get("quantization") or {}).get("sites")]
-    if not quantized:
-        return None
-    variant = quantized[-1]
-    sites = variant["quantization"]["sites"]
-    weights = [(name.removesuffix(".weight"), s) for name, s in sites.items() if s["kind"] == "weight"]
-    with _figure(width=max(7.0, 0.16 * len(weights) + 2), height=4.2) as (fig, ax):
-        names = [name for name, _ in weights]
-        ax.bar(range(len(names)), [s["bits"] for _, s in weights], color=COLORS[0], label="weight bits")
-        inputs = [sites.get(f"{name}.input") for name in names]
-        xs = [i for i, s in enumerate(inputs) if s]
-        ax.scatter(xs, [inputs[i]["bits"] for i in xs], color=COLORS[3], zorder=3, s=14, label="input bits")
-        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
-        ax.set_ylabel("bits")
-        ax.set_title(f"Bits per layer of variant {variant['name']} (float layers not shown)", fontsize=9)
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3, axis="y")
-        return _png(fig)
-
-
-def sensitivity(report: dict) -> bytes | None:
-    """Per-layer sensitivity of a mixed-precision plan: damage of each layer alone at each bit-width."""
-    plans = [v for v in report["variants"] if (v.get("mixed_precision") or {}).get("sensitivity")]
-    if not plans:
-        return None
-    mp = plans[-1]["mixed_precision"]
-    table: dict[str, dict[str, float]] = mp["sensitivity"]
-    layers = list(table)
-    bits = sorted({int(b) for row in table.values() for b in row})
-    estimated = estimated_bits(mp)
-    with _figure(width=max(7.0, 0.16 * len(layers) + 2), height=4.2) as (fig, ax):
-        for i, b in enumerate(bits):
-            ax.plot(
-                range(len(layers)),
-                [table[layer].get(str(b), float("nan")) for layer in layers],
-                marker="o",
-                ms=3,
-                linestyle="--" if b in estimated else "-",
-                label=f"{b}-bit weights" + (" (estimated)" if b in estimated else " (measured)" if estimated else ""),
-                color=COLORS[i % len(COLORS)],
-            )
-        ax.set_yscale("log")
-        ax.set_xticks(range(len(layers)), layers, rotation=90, fontsize=6)
-        ax.set_ylabel(mp.get("metric", "damage"))
-        ax.set_title(
-            f"Sensitivity per layer (that layer alone quantized), {mp.get('calibration', 'calibration data')}",
-            fontsize=9,
-        )
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        return _png(fig)
 
 
 def sweep_figure(sweep: dict) -> bytes | None:
@@ -169,7 +100,7 @@ def sweep_figure(sweep: dict) -> bytes | None:
         points["fp32"] = (fp32["latency"][batch]["p50_ms"], fp32["quality"])
     if not points:
         return None
-    with _figure(7.0, 4.5) as (fig, ax):
+    with new_figure(7.0, 4.5) as (fig, ax):
         for name, (ms, quality) in points.items():
             ax.scatter(ms, quality, color="tab:red" if name == summary["best"] else "tab:blue", zorder=3)
             ax.annotate(name, (ms, quality), textcoords="offset points", xytext=(4, 4), fontsize=8, rotation=25)
@@ -183,4 +114,4 @@ def sweep_figure(sweep: dict) -> bytes | None:
         ax.margins(x=0.12, y=0.3)  # room for the labels
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-        return _png(fig)
+        return to_png(fig)

@@ -1,4 +1,5 @@
-"""A self-contained report.html: the Markdown report's tables plus embedded PNG figures."""
+"""A self-contained report.html: the Markdown report's tables plus embedded PNG figures (the stage
+families' between the accuracy-vs-latency figure and the feature-fidelity one)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import html
 import markdown
 
 from vitslim.report import figures
+from vitslim.report.families import family_figures
 from vitslim.report.features import feature_figure
 from vitslim.report.markdown import render_markdown
 
@@ -24,24 +26,21 @@ figcaption { font-size: 0.85em; color: #555; }
 code { background: #f6f6f6; padding: 0 0.2em; }
 """
 
-#: (figure function, caption) in page order
+#: (figure function, caption) of the figures any run may have, in page order: the stage families'
+#: figures come after the first of them
 FIGURES = (
     (figures.accuracy_vs_latency, "Accuracy against ONNX Runtime latency for every variant."),
-    (figures.tokens_per_layer, "Tokens each transformer block sees."),
-    (figures.bits_per_layer, "Weight and input bits per layer."),
-    (figures.sensitivity, "Per-layer sensitivity used by the mixed-precision allocation."),
     (feature_figure, "Feature fidelity against fp32: cosines of the pooled and patch outputs, neighbour recall."),
 )
 
 
+def _made(report: dict, figs: tuple) -> list[tuple[str, bytes]]:
+    return [(caption, png) for make, caption in figs if (png := make(report)) is not None]
+
+
 def report_figures(report: dict) -> list[tuple[str, bytes]]:
     """``(caption, png)`` of every figure the report has data for."""
-    out = []
-    for make, caption in FIGURES:
-        png = make(report)
-        if png is not None:
-            out.append((caption, png))
-    return out
+    return _made(report, FIGURES[:1]) + family_figures(report) + _made(report, FIGURES[1:])
 
 
 def html_page(title: str, text: str, extra: str = "") -> str:

@@ -1,20 +1,13 @@
-"""Rendering a report dict (the report.json contract) as Markdown."""
+"""Rendering a report dict (the report.json contract) as Markdown: what every run has, with the
+stage families' columns and sections (:mod:`vitslim.report.families`) in their places."""
 
 from __future__ import annotations
 
 from vitslim.evaluate.speedup import speedup
+from vitslim.report.families import family_columns, family_sections
 from vitslim.report.features import features_section
 from vitslim.report.format import fmt_mb, fmt_num, fmt_pct, md_table
 from vitslim.report.summary import same_graph_as, summary_section
-
-
-def estimated_bits(mp: dict) -> list[int]:
-    """Weight widths of a mixed-precision summary whose sensitivity was estimated, not run
-    through the model (empty when the report does not say which were measured)."""
-    if mp.get("measured_bits") is None:
-        return []
-    widths = sorted({int(b) for row in mp["sensitivity"].values() for b in row})
-    return [b for b in widths if b not in mp["measured_bits"]]
 
 
 def where_measured(env: dict, device: str = "cpu") -> str:
@@ -47,7 +40,7 @@ def render_markdown(report: dict) -> str:
     lines += features_section(report["variants"])
     lines += _parity_section(report["variants"])
     lines += _openvino_section(report["variants"])
-    lines += _quantization_section(report["variants"])
+    lines += family_sections(report["variants"])
     lines += _latency_section(report)
     for note in report.get("notes", []):
         lines += ["", f"> {note}"]
@@ -71,7 +64,7 @@ def _header(report: dict, data_line: str) -> list[str]:
 
 
 def _accuracy_section(variants: list[dict], data_line: str) -> list[str]:
-    """Accuracy and fidelity against fp32 of every variant (tokens and FLOPs when all have them)."""
+    """Accuracy and fidelity against fp32 of every variant, then the families' columns (tokens and FLOPs)."""
     header = [
         "variant",
         "evaluated with",
@@ -95,10 +88,10 @@ def _accuracy_section(variants: list[dict], data_line: str) -> list[str]:
         ]
         for v in variants
     ]
-    if all("block_flops_per_image" in v for v in variants):
-        header += ["tokens after last block", "block GFLOPs / image"]
-        for row, v in zip(rows, variants, strict=True):
-            row += [str(v["tokens_per_layer"][-1]), f"{v['block_flops_per_image'] / 1e9:.2f}"]
+    for title, cells in family_columns(variants):
+        header.append(title)
+        for row, cell in zip(rows, cells, strict=True):
+            row.append(cell)
     return ["", f"## Accuracy ({data_line})", "", *md_table(header, rows)]
 
 
@@ -227,59 +220,6 @@ def _openvino_section(variants: list[dict]) -> list[str]:
         "with the f32 hint. Int8 layers are read from OpenVINO's runtime graph (Attention: a fused attention "
         "block whose inputs ran in int8).",
     ]
-    return lines
-
-
-def _bit_counts(sites: dict, weights: bool) -> str:
-    counts: dict[int, int] = {}
-    for site in sites.values():
-        if (site["kind"] == "weight") == weights:
-            counts[site["bits"]] = counts.get(site["bits"], 0) + 1
-    return ", ".join(f"{n} at {b} bit" for b, n in sorted(counts.items())) or "none"
-
-
-def _quantization_section(variants: list[dict]) -> list[str]:
-    """Per quantized variant: sites and bits, how the ONNX file carries them, mixed-precision costs."""
-    quantized = [v for v in variants if (v.get("quantization") or {}).get("sites")]
-    if not quantized:
-        return []
-    lines = ["", "## Quantization", ""]
-    rows = []
-    for v in quantized:
-        sites = v["quantization"]["sites"]
-        onnx = v.get("onnx") or {}
-        rows.append(
-            [
-                v["name"],
-                str(len(sites)),
-                _bit_counts(sites, weights=True),
-                _bit_counts(sites, weights=False),
-                str(onnx.get("format", "n/a")),
-            ]
-        )
-    lines += md_table(["variant", "quantized sites", "weights", "activations", "ONNX format"], rows)
-    for v in quantized:
-        mp = v.get("mixed_precision")
-        if not mp:
-            continue
-        costs = mp["costs"]
-        text = (
-            f"{v['name']}: mixed precision reached {costs['avg_weight_bits']:.2f} average weight bits "
-            f"(parameter-weighted), {fmt_mb(costs.get('size_bytes'))}, in {mp['seconds']:.0f} s "
-            f"(sensitivity: {mp['metric']}, {mp['calibration']}; cache {mp.get('sensitivity_cache')})."
-        )
-        estimated = ", ".join(f"{b}-bit" for b in estimated_bits(mp))
-        if estimated and not mp["measured_bits"]:
-            text += " No width was run through the model: every sensitivity is a second-order estimate."
-        elif estimated:
-            measured = ", ".join(f"{b}-bit" for b in mp["measured_bits"])
-            text += (
-                f" Sensitivity of {measured} weights run through the model; "
-                f"{estimated} estimated from each layer's own output error."
-            )
-        if "drop" in mp:
-            text += f" Drop measured during the search: {mp['drop']['measured']:.2f} pt."
-        lines += ["", text]
     return lines
 
 

@@ -3,7 +3,9 @@
 A report has a header (what was measured, with which data, where and how), its variants (the
 uncompressed model ``fp32`` first) and, for a compress run, the recipe, notes, validation
 failures, the TensorRT engine and the deployment target. The required keys are those of the
-``_Required*`` bases: reports written by older versions, which lack later keys, still read.
+``_Required*`` bases: reports written by older versions, which lack later keys, still read. A
+variant also holds what its stage families add (tokens per layer, quantization, sparsity, ...):
+each family declares those keys itself (:attr:`vitslim.stages.Family.entries`).
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ class _RequiredVariant(TypedDict):
 
 class Variant(_RequiredVariant, total=False):
     """A measured model: accuracy and fidelity against fp32 in PyTorch, its ONNX export (parity,
-    format, validation), its OpenVINO IR when measured, latency, and what its stages did."""
+    format, validation), its OpenVINO IR when measured and latency; plus the keys of the stage
+    families (what its stages did, declared by each :class:`~vitslim.stages.Family`'s ``entries``)."""
 
     description: str
     evaluated_with: str
@@ -58,11 +61,6 @@ class Variant(_RequiredVariant, total=False):
     kl: float | None
     onnx: dict[str, Any]
     openvino: dict[str, Any]
-    tokens_per_layer: list[int]
-    block_flops_per_image: int
-    quantization: dict[str, Any] | None
-    mixed_precision: dict[str, Any]
-    sparsity: dict[str, Any]
     #: with ``--output pooled|patch|both``: each output's per-image shape, and feature fidelity vs fp32
     outputs: dict[str, list[int]]
     features: dict[str, float | None]

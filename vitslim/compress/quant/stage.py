@@ -1,5 +1,5 @@
 """The ``quant`` stage of a recipe: a quantization config plus how to calibrate it, and what
-reports say about quantized variants.
+reports say about quantized variants (rendered by :mod:`.report`).
 
 >>> stage = QuantStage.from_dict({"preset": "w4a4-adalog", "images": 64, "search": "progressive"})
 >>> stage.config == QuantConfig.preset("w4a4-adalog")
@@ -34,6 +34,7 @@ from .apply import quantize_
 from .config import QuantConfig
 from .mixed import MixedPrecisionConfig, mixed_precision_summary, plan_mixed_precision
 from .placement import quant_points, quantization_info
+from .report import QuantEntries, quant_figures, quant_section
 from .search import OBJECTIVES, SEARCHES
 from .sites import find_sites
 
@@ -228,4 +229,7 @@ STAGE = Family(
     measure=measure,
     summarize=summarize,
     notes=notes,
+    entries=QuantEntries,
+    sections=quant_section,
+    figures=quant_figures,
 )

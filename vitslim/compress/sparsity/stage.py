@@ -1,4 +1,5 @@
-"""The ``sparsity`` stage of a recipe: 2:4 sparsity, and whether the pattern survives the export."""
+"""The ``sparsity`` stage of a recipe: 2:4 sparsity, and whether the pattern survives the export
+(shown by :mod:`.report`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from vitslim.stages import Calibration, Family, StageRecord
 from .apply import sparsify_
 from .check import check_24, onnx_24_report
 from .config import SparsityConfig
+from .report import SparsityEntries, sparsity_section
 from .selection import select_layers
 
 __all__ = ["STAGE", "apply", "calibrates", "check", "pattern_check", "sparsity_notes"]
@@ -72,4 +74,6 @@ STAGE = Family(
     check=check,
     summarize=pattern_check,
     notes=sparsity_notes,
+    entries=SparsityEntries,
+    sections=sparsity_section,
 )

@@ -1,4 +1,5 @@
-"""The ``tokens`` stage of a recipe: token merging or pruning, and what reports say about tokens."""
+"""The ``tokens`` stage of a recipe: token merging or pruning, and what reports say about tokens
+(rendered by :mod:`.report`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from vitslim.stages import Calibration, Family, StageRecord
 
 from .config import TokenReductionConfig, token_config_from_dict
 from .patch import apply_token_reduction
+from .report import TokenEntries, token_columns, token_figures
 from .schedule import estimate_flops
 
 __all__ = ["FLOPS_NOTE", "STAGE", "apply", "token_stats", "token_notes"]
@@ -47,4 +49,12 @@ def token_notes(variants: list[dict]) -> list[str]:
     return notes
 
 
-STAGE = Family(from_dict=token_config_from_dict, apply=apply, measure=token_stats, notes=token_notes)
+STAGE = Family(
+    from_dict=token_config_from_dict,
+    apply=apply,
+    measure=token_stats,
+    notes=token_notes,
+    entries=TokenEntries,
+    columns=token_columns,
+    figures=token_figures,
+)
