@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 from tests.helpers import tiny_vit
 from vitslim.compress.tokens import TokenMergeConfig, apply_token_reduction
 from vitslim.errors import UserError
+from vitslim.export import onnx_export
 from vitslim.export.onnx_export import export_onnx, save_onnx, trace_onnx, with_weights
 from vitslim.export.validate import check_parity
 
@@ -72,6 +74,41 @@ def test_traced_graph_takes_new_weights(tmp_path: Path, merged) -> None:
     assert check_parity(model, tmp_path / "changed.onnx", INPUTS).max_abs_diff > 1e-2
     with pytest.raises(ValueError, match="no state_dict entry"):
         with_weights(graph, tiny_vit("vit", embed_dim=48))
+
+
+def test_exports_reuse_one_torchlib_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exports share the exporter's registry of ONNX decompositions (built once, handed out as
+    copies) and give byte for byte the graph an export that builds its own gives."""
+    registration = pytest.importorskip("torch.onnx._internal.exporter._registration")
+    model = tiny_vit("vit", depth=1)
+    monkeypatch.setattr(onnx_export, "_TORCHLIB_REGISTRIES", {})
+    original = registration.ONNXRegistry.__dict__["from_torchlib"]
+    built = []
+
+    def counting(cls, *args, **kwargs):
+        built.append(args or kwargs)
+        return original.__func__(cls, *args, **kwargs)
+
+    monkeypatch.setattr(registration.ONNXRegistry, "from_torchlib", classmethod(counting))
+    patched = registration.ONNXRegistry.__dict__["from_torchlib"]
+    cached = trace_onnx(model, (3, 32, 32))
+    assert len(built) == 1
+    with monkeypatch.context() as m:
+        m.setattr(onnx_export, "reused_torchlib_registry", contextlib.nullcontext)
+        uncached = trace_onnx(model, (3, 32, 32))
+    assert len(built) == 2
+    cached, uncached = (ir.serde.serialize_model(g).SerializeToString() for g in (cached, uncached))
+    assert cached == uncached
+    assert registration.ONNXRegistry.__dict__["from_torchlib"] is patched  # restored after the export
+
+    with onnx_export.reused_torchlib_registry():  # copies: what one export registers stays its own
+        first = registration.ONNXRegistry.from_torchlib(opset_version=onnx_export.DEFAULT_OPSET)
+        first.functions.clear()
+        assert registration.ONNXRegistry.from_torchlib(opset_version=onnx_export.DEFAULT_OPSET).functions
+    assert len(built) == 2  # the first export's, reused
+    monkeypatch.setattr(onnx_export, "_registry_class", lambda: None)  # another torch: untouched
+    with onnx_export.reused_torchlib_registry():
+        assert registration.ONNXRegistry.__dict__["from_torchlib"] is patched
 
 
 def test_failed_export_leaves_nothing(tmp_path: Path) -> None:

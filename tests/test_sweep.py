@@ -1,5 +1,5 @@
 """Sweeps (vitslim.sweep, `vitslim sweep`) and sharded evaluation, in-process and on a local Ray
-cluster of two workers."""
+cluster of one worker."""
 
 from __future__ import annotations
 
@@ -35,11 +35,23 @@ SWEEP = ["--recipes", "w8a8,tome-r8", "--grid", "tokens.r=2", "--batch-sizes", "
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A local Ray cluster of two single-CPU workers for the module (skipped without Ray)."""
+    """A local Ray cluster of one CPU for the module (skipped without Ray), shared by its tests.
+
+    One CPU: one worker process, which imports torch, timm and vitslim once (10-20 s of CPU on a
+    2-core machine) and runs every task in turn; a second worker would pay that again. Shards and
+    candidates are still separate Ray tasks (pickled there, results shipped back); the merge in
+    sample order whatever order shards finish in is checked with a reversing executor."""
     ray = pytest.importorskip("ray", reason="Ray is the optional extra vitslim[ray] (make test installs it)")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+class ReversedExecutor(LocalExecutor):
+    """In this process, the items finishing last to first."""
+
+    def map(self, fn, items):
+        return reversed(list(super().map(fn, items)))
 
 
 def _loaded() -> LoadedModel:
@@ -91,7 +103,7 @@ def test_sharded_evaluation_equals_one_process(tmp_path: Path, image_folder: Pat
     reference = evaluate_torch(loaded.model, single, threads=1, progress=False)
     onnx_path = export_onnx(loaded.model, tmp_path / "m.onnx", (3, 32, 32))
     onnx_reference = evaluate_onnx(onnx_path, single, threads=1, progress=False)
-    for executor in (LocalExecutor(), RayExecutor()):
+    for executor in (LocalExecutor(), ReversedExecutor(), RayExecutor()):
         data = shard_eval_data(load_eval_data(loaded, str(image_folder), None, 0, 2), executor, workers=2)
         assert len(data.sharding.shards) == 2 and [len(s.indices) for s in data.sharding.shards] == [4, 2]
         sharded = evaluate_torch(loaded.model, data, threads=1, progress=False)
@@ -116,7 +128,7 @@ def test_eval_and_compress_on_ray_give_the_single_process_figures(
     assert figures[0] == figures[1]
     assert "2 shards on ray" in result.output
     reports = []
-    for name, extra in (("local", []), ("ray", ["--executor", "ray"])):
+    for name, extra in (("local", []), ("ray", ["--executor", "ray", "--workers", "2"])):
         out = tmp_path / name
         compress = ["compress", *TINY, "--recipe", "w8a8", "--data", str(image_folder), "--calib", str(image_folder)]
         compress += ["--batch-size", "2", "--threads", "1", "--runtime", "onnxruntime", "--runs", "1", "--warmup", "0"]

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import threading
 import warnings
+from collections.abc import Iterator
+from copy import copy as shallow_copy
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnx_ir as ir
@@ -39,7 +43,7 @@ def trace_onnx(
     example = torch.randn(2, *input_size)
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), reused_torchlib_registry():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 model,
@@ -56,6 +60,72 @@ def trace_onnx(
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{type(model).__name__} cannot be exported to ONNX: {reason}") from exc
     return program.model
+
+
+#: The exporter's torchlib registries built so far, per ``from_torchlib`` arguments (opset): a
+#: memo of a pure function of the installed torch/onnxscript, see :func:`reused_torchlib_registry`.
+_TORCHLIB_REGISTRIES: dict[Any, Any] = {}
+_REGISTRY_LOCK = threading.Lock()
+_REGISTRY_USERS = 0
+_ORIGINAL_FROM_TORCHLIB: Any = None
+
+
+def _registry_class() -> Any:
+    """torch's ``ONNXRegistry`` class when it has the ``from_torchlib`` classmethod and the
+    ``functions`` table this module knows how to copy, else None (another torch version)."""
+    try:
+        from torch.onnx._internal.exporter._registration import ONNXRegistry
+    except ImportError:
+        return None
+    method = ONNXRegistry.__dict__.get("from_torchlib")
+    if not isinstance(method, classmethod) or not isinstance(getattr(ONNXRegistry(), "functions", None), dict):
+        return None
+    return ONNXRegistry
+
+
+@contextlib.contextmanager
+def reused_torchlib_registry() -> Iterator[None]:
+    """While open, ``torch.onnx.export(..., dynamo=True)`` reuses one registry of ONNX
+    decompositions per opset instead of rebuilding it from torchlib on every call.
+
+    torch 2.14's public ``export`` has no registry argument: it calls the private
+    ``ONNXRegistry.from_torchlib(opset_version=...)`` (0.4-0.9 s, about a sixth of a tiny ViT's
+    export) each time. That result depends only on the installed torch and onnxscript, so the
+    classmethod is replaced, for the duration of the block, by one that builds it once and hands
+    out copies (the export only reads the registry; the copy keeps even a registration, such as
+    a ``custom_translation_table``, out of the memo). Where the class or method is not what this
+    expects, the block changes nothing and the export takes its normal path.
+    """
+    global _REGISTRY_USERS, _ORIGINAL_FROM_TORCHLIB
+    registry_class = _registry_class()
+    if registry_class is None:
+        yield
+        return
+    with _REGISTRY_LOCK:
+        if _REGISTRY_USERS == 0:
+            _ORIGINAL_FROM_TORCHLIB = registry_class.__dict__["from_torchlib"]
+            registry_class.from_torchlib = classmethod(_memoised_from_torchlib)
+        _REGISTRY_USERS += 1
+    try:
+        yield
+    finally:
+        with _REGISTRY_LOCK:
+            _REGISTRY_USERS -= 1
+            if _REGISTRY_USERS == 0:
+                registry_class.from_torchlib = _ORIGINAL_FROM_TORCHLIB
+                _ORIGINAL_FROM_TORCHLIB = None
+
+
+def _memoised_from_torchlib(cls: type, *args: Any, **kwargs: Any) -> Any:
+    """A copy of ``cls.from_torchlib(*args, **kwargs)``, built once (the original is the one
+    :func:`reused_torchlib_registry` replaced)."""
+    key = (cls, args, tuple(sorted(kwargs.items())))
+    registry = _TORCHLIB_REGISTRIES.get(key)
+    if registry is None:
+        registry = _TORCHLIB_REGISTRIES[key] = _ORIGINAL_FROM_TORCHLIB.__func__(cls, *args, **kwargs)
+    registry = shallow_copy(registry)
+    registry.functions = {target: list(decomps) for target, decomps in registry.functions.items()}
+    return registry
 
 
 def with_weights(graph: ir.Model, model: torch.nn.Module) -> ir.Model:
