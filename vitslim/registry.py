@@ -13,6 +13,7 @@ vitslim.errors.UserError: unknown colour 'rde'; did you mean 'red'? (available: 
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Generic, TypeVar
@@ -52,7 +53,7 @@ class Registry(Generic[T]):
             del self._entries[name]
 
     def __getitem__(self, name: str) -> T:
-        return self._entries[check_choice(self.what, name, self._entries)]
+        return self._entries[check_choice(self.what, name, sorted(self._entries))]
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
@@ -63,3 +64,7 @@ class Registry(Generic[T]):
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(self._entries)
+
+    def matching(self, pattern: str = "*") -> list[str]:
+        """The sorted names matching the fnmatch ``pattern``."""
+        return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))

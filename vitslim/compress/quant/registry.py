@@ -8,11 +8,10 @@
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from vitslim.config import check_choice
+from vitslim.registry import Registry
 
 from .base import Quantizer
 
@@ -25,7 +24,7 @@ __all__ = [
     "quantizer_from_config",
 ]
 
-_REGISTRY: dict[str, type[Quantizer]] = {}
+_REGISTRY: Registry[type[Quantizer]] = Registry("quantizer")
 
 Q = TypeVar("Q", bound=type[Quantizer])
 
@@ -38,18 +37,15 @@ def register_quantizer(name: str) -> Callable[[Q], Q]:
     def deco(cls: Q) -> Q:
         if not (isinstance(cls, type) and issubclass(cls, Quantizer)):
             raise TypeError(f"@register_quantizer({name!r}) expects a Quantizer subclass")
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"quantizer {name!r} is already registered")
         cls.registry_name = name
-        _REGISTRY[name] = cls
-        return cls
+        return _REGISTRY.register(name, cls)
 
     return deco
 
 
 def list_quantizers(pattern: str = "*") -> list[str]:
     """Sorted names of the registered quantizers matching an fnmatch ``pattern``."""
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
+    return _REGISTRY.matching(pattern)
 
 
 def is_quantizer(name: str) -> bool:
@@ -59,7 +55,7 @@ def is_quantizer(name: str) -> bool:
 def get_quantizer_class(name: str) -> type[Quantizer]:
     """The class registered under ``name``; :class:`~vitslim.errors.UserError` naming the
     closest matches when it is unknown."""
-    return _REGISTRY[check_choice("quantizer", name, list_quantizers())]
+    return _REGISTRY[name]
 
 
 def create_quantizer(name: str, bits: int = 8, **options: Any) -> Quantizer:

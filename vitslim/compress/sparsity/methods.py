@@ -8,13 +8,12 @@ from the full Hessian (:mod:`.sparsegpt`).
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import Tensor
 
-from vitslim.config import check_choice
+from vitslim.registry import Registry
 
 from .pattern import mask_24
 from .sparsegpt import sparsegpt_24
@@ -34,16 +33,14 @@ class SparsityMethod:
     needs_data: bool
 
 
-_METHODS: dict[str, SparsityMethod] = {}
+_METHODS: Registry[SparsityMethod] = Registry("sparsity method")
 
 
 def register_sparsity_method(name: str, needs_data: bool) -> Callable[[PruneFn], PruneFn]:
     """Decorator registering ``prune`` under ``name``."""
 
     def register(prune: PruneFn) -> PruneFn:
-        if name in _METHODS:
-            raise ValueError(f"sparsity method {name!r} is already registered")
-        _METHODS[name] = SparsityMethod(name, prune, needs_data)
+        _METHODS.register(name, SparsityMethod(name, prune, needs_data))
         return prune
 
     return register
@@ -51,12 +48,12 @@ def register_sparsity_method(name: str, needs_data: bool) -> Callable[[PruneFn],
 
 def get_sparsity_method(name: str) -> SparsityMethod:
     """The method called ``name`` (:class:`UserError` with suggestions when unknown)."""
-    return _METHODS[check_choice("sparsity method", name, _METHODS)]
+    return _METHODS[name]
 
 
 def list_sparsity_methods(pattern: str = "*") -> list[str]:
     """Registered method names matching the fnmatch ``pattern``."""
-    return sorted(n for n in _METHODS if fnmatch.fnmatchcase(n, pattern))
+    return _METHODS.matching(pattern)
 
 
 @register_sparsity_method("magnitude", needs_data=False)
