@@ -105,7 +105,7 @@ def run_variants(
     add("dense+w8a8", model, method=None, quant="w8a8", quant_seconds=seconds)
     for method, sequential in VARIANTS:
         model = copy.deepcopy(loaded.model)
-        cfg = SparsityConfig(method, samples=args.calib, sequential=sequential)
+        cfg = SparsityConfig(method, images=args.calib, sequential=sequential)
         report = sparsify_(model, cfg, calib, progress=not args.quiet, seed=0)  # magnitude: data for errors only
         errors = [e["relative_error"] for e in report["layers"].values()]
         info = {

@@ -26,8 +26,8 @@ UNKNOWN_KEY = re.compile(
 @pytest.mark.parametrize(
     ("from_dict", "hint"),
     [
-        (QuantStage.from_dict, "samples"),
-        (SparsityConfig.from_dict, "samples"),
+        (QuantStage.from_dict, None),
+        (SparsityConfig.from_dict, "dampening"),
         (lambda data: token_config_from_dict({"method": "tome", **data}), None),
         (ExportStage.from_dict, None),
         (ValidateStage.from_dict, None),
@@ -42,6 +42,15 @@ def test_unknown_keys_read_the_same_everywhere(from_dict: Callable, hint: str | 
     assert found, str(err.value)
     suggestion = found.group(2)
     assert suggestion is None if hint is None else suggestion.startswith(f"; did you mean '{hint}'")
+
+
+@pytest.mark.parametrize(
+    ("from_dict", "new"),
+    [(QuantStage.from_dict, "'tokens_per_site' (tokens kept per site"), (SparsityConfig.from_dict, "'images'")],
+)
+def test_the_old_samples_key_names_its_new_name(from_dict: Callable, new: str) -> None:
+    with pytest.raises(UserError, match=re.escape(f"key 'samples' was renamed: write {new}")):
+        from_dict({"samples": 8})
 
 
 @pytest.mark.parametrize(

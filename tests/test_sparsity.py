@@ -193,7 +193,7 @@ def test_selection_errors() -> None:
 
 def test_deterministic_for_a_seed() -> None:
     x = images(12)
-    cfg = SparsityConfig("sparsegpt", samples=6)
+    cfg = SparsityConfig("sparsegpt", images=6)
     states = []
     for seed in (0, 0, 1):
         model = meaningful_vit()
@@ -279,7 +279,7 @@ def test_onnx_report_traces_transposes_and_quantized_weights(tmp_path) -> None:
 
 
 def test_config_round_trip_and_validation() -> None:
-    cfg = SparsityConfig.from_dict({"method": "wanda", "include": "blocks.1.*", "exclude": ["*.fc2"], "samples": 64})
+    cfg = SparsityConfig.from_dict({"method": "wanda", "include": "blocks.1.*", "exclude": ["*.fc2"], "images": 64})
     assert cfg.include == ("blocks.1.*",) and cfg.exclude == ("*.fc2",)
     assert SparsityConfig.from_dict(cfg.to_dict()) == cfg
     assert SparsityConfig().method == "sparsegpt" and SparsityConfig().include == ("blocks.*",)
@@ -295,7 +295,7 @@ def test_config_round_trip_and_validation() -> None:
         ({"dampening": 5}, r"in \[0, 1\]"),
         ({"block_size": "128"}, "'block_size' must be an integer"),
         ({"block_size": 6}, "multiple of 4"),
-        ({"samples": 0}, "'samples' must be an integer >= 1"),
+        ({"images": 0}, "'images' must be an integer >= 1"),
         ({"sequential": "yes"}, "'sequential' must be true or false"),
     ]
     for data, message in bad:

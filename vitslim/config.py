@@ -21,7 +21,7 @@ from typing import Any
 
 from vitslim.errors import UserError
 
-__all__ = ["suggest", "check_keys", "check_choice", "check_flag", "check_fields"]
+__all__ = ["suggest", "check_keys", "check_renamed", "check_choice", "check_flag", "check_fields"]
 
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
 
@@ -42,6 +42,14 @@ def check_keys(data: Any, allowed: Iterable[str], where: str = "") -> Mapping[st
             at = f" in {where}" if where else ""
             raise UserError(f"unknown key {key!r}{at}{suggest(key, allowed)} (allowed: {', '.join(allowed)})")
     return data
+
+
+def check_renamed(data: Mapping[str, Any], renamed: Mapping[str, str], where: str = "") -> None:
+    """A UserError for a key of ``data`` that ``renamed`` maps to its new name (old recipes)."""
+    for old, new in renamed.items():
+        if old in data:
+            at = f" in {where}" if where else ""
+            raise UserError(f"key {old!r}{at} was renamed: write {new} instead")
 
 
 def check_choice(what: str, value: Any, choices: Iterable[str]) -> Any:

@@ -26,7 +26,7 @@ from typing import Any
 
 from torch import nn
 
-from vitslim.config import check_choice, check_flag, check_keys
+from vitslim.config import check_choice, check_flag, check_keys, check_renamed
 from vitslim.errors import UserError
 from vitslim.stages import Calibration, Family, StageRecord
 
@@ -47,7 +47,7 @@ STAGE_KEYS = (
     "search",
     "objective",
     "sequential",
-    "samples",
+    "tokens_per_site",
     "keep",
     "gptq",
     "bias_correction",
@@ -69,8 +69,8 @@ def _positive_int(value: Any, what: str) -> int:
 @dataclass(frozen=True)
 class QuantStage:
     """What ``quantize_`` is called with: ``config``, calibration on ``images`` seeded images
-    with ``search`` / ``objective`` / ``sequential`` / ``samples`` / ``keep`` / ``gptq`` /
-    ``bias_correction`` (see ``quantize_``)."""
+    with ``search`` / ``objective`` / ``sequential`` / ``tokens_per_site`` (``quantize_``'s
+    ``samples``) / ``keep`` / ``gptq`` / ``bias_correction`` (see ``quantize_``)."""
 
     config: QuantConfig = field(default_factory=QuantConfig)
     preset: str | None = None
@@ -78,7 +78,7 @@ class QuantStage:
     search: str = "mse"
     objective: str = "mse"
     sequential: bool = False
-    samples: int = 2048
+    tokens_per_site: int = 2048
     keep: int = 8
     gptq: bool = False
     bias_correction: bool = False
@@ -88,7 +88,7 @@ class QuantStage:
     def __post_init__(self) -> None:
         check_choice("search", self.search, SEARCHES)
         check_choice("objective", self.objective, OBJECTIVES)
-        for name in ("images", "samples", "keep"):
+        for name in ("images", "tokens_per_site", "keep"):
             _positive_int(getattr(self, name), name)
         for name in ("sequential", "gptq", "bias_correction"):
             check_flag(getattr(self, name), name)
@@ -121,7 +121,7 @@ class QuantStage:
             "search": self.search,
             "objective": self.objective,
             "sequential": self.sequential,
-            "samples": self.samples,
+            "samples": self.tokens_per_site,
             "keep": self.keep,
             "gptq": self.gptq,
             "bias_correction": self.bias_correction,
@@ -136,6 +136,7 @@ class QuantStage:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> QuantStage:
         """Validate recipe settings (unknown keys and bad values are UserErrors)."""
+        check_renamed(data, {"samples": "'tokens_per_site' (tokens kept per site for the search)"})
         check_keys(data, STAGE_KEYS)
         preset = data.get("preset")
         if preset is not None and not isinstance(preset, str):

@@ -57,7 +57,7 @@ def sparsify_(
     already-sparsified model (:mod:`vitslim.compress.calibration`) and each layer's report has its relative output
     error against its dense weight on its calibration inputs (``None`` without data). Run it before
     quantization (symmetric weight quantizers keep the zeros). Deterministic for a given ``seed``
-    (which picks the ``cfg.samples`` images when more are given).
+    (which picks the ``cfg.images`` images when more are given).
 
     Returns the report: ``layers`` (per layer: method, shape, sparsity, relative_error, seconds),
     ``skipped`` (layer: reason), the config, seed, images used, overall sparsity of the selected
@@ -83,7 +83,7 @@ def sparsify_(
                 ):
                     layers[name] = _prune(layer, None, method, cfg)
             else:
-                batches = calibration_subset(data, cfg.samples, seed, next(model.parameters()).device)
+                batches = calibration_subset(data, cfg.images, seed, next(model.parameters()).device)
                 images = sum(b.shape[0] for b in batches)
                 stages = calibration_stages(model, selection.layers, cfg.sequential)
                 cursor = BlockCursor(model, batches, [stop for stop, _names in stages])

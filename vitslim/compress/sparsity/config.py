@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vitslim.config import check_flag, check_keys
+from vitslim.config import check_renamed, check_flag, check_keys
 from vitslim.errors import UserError
 
 from .methods import get_sparsity_method
@@ -45,7 +45,7 @@ class SparsityConfig:
     ``exclude``: fnmatch patterns of Linear module names (``"blocks.*"``, ``"*.attn.qkv"``); a
     layer is sparsified when it matches an include pattern and no exclude pattern. ``dampening``:
     SparseGPT's diagonal dampening as a fraction of the mean Hessian diagonal (0.01 = 1%).
-    ``block_size``: SparseGPT's column block (a multiple of 4). ``samples``: calibration images
+    ``block_size``: SparseGPT's column block (a multiple of 4). ``images``: calibration images
     used at most (a seeded subset when more are given); ignored by ``magnitude``. ``sequential``:
     calibrate each block on the already-sparsified model (SparseGPT's scheme; False: every layer
     on the dense model's inputs, one pass).
@@ -56,7 +56,7 @@ class SparsityConfig:
     exclude: tuple[str, ...] = ()
     dampening: float = 0.01
     block_size: int = 128
-    samples: int = 128
+    images: int = 128
     sequential: bool = True
 
     def __post_init__(self) -> None:
@@ -77,7 +77,7 @@ class SparsityConfig:
         _integer(self.block_size, "block_size", GROUP)
         if self.block_size % GROUP:
             raise UserError(f"sparsity 'block_size' must be a multiple of {GROUP}, got {self.block_size}")
-        _integer(self.samples, "samples", 1)
+        _integer(self.images, "images", 1)
         check_flag(self.sequential, "sparsity 'sequential'")
 
     @property
@@ -97,4 +97,5 @@ class SparsityConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SparsityConfig:
         """Inverse of :meth:`to_dict`; missing keys keep their defaults, unknown keys are errors."""
+        check_renamed(data, {"samples": "'images' (calibration images)"})
         return cls(**check_keys(data, [f.name for f in dataclasses.fields(cls)]))

@@ -21,7 +21,7 @@ __all__ = ["STAGE", "apply", "calibrates", "check", "pattern_check", "sparsity_n
 
 def apply(model: nn.Module, config: SparsityConfig, calibration: Calibration) -> StageRecord:
     """Make ``model``'s selected Linear weights 2:4 sparse in place (calibrated when the method needs data)."""
-    data = calibration.calibration(config.samples) if config.needs_data else None
+    data = calibration.calibration(config.images) if config.needs_data else None
     record = sparsify_(model, config, data, progress=calibration.progress, seed=calibration.seed)
     images = f", {record['images']} calibration images" if config.needs_data else ""
     return StageRecord(f"{config.describe()} on {len(record['layers'])} layers{images}", config, record)
