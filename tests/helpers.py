@@ -10,9 +10,11 @@ import onnx
 import timm
 import torch
 import torch.nn.functional as F
+from click.testing import CliRunner, Result
 from onnx import numpy_helper
 from PIL import Image
 
+from vitslim.cli import cli
 from vitslim.compress.quant import QuantConfig, SiteSpec
 from vitslim.compress.quant.stage import REDUCED_WEIGHT_BITS
 from vitslim.evaluate.environment import int8_saturates
@@ -118,3 +120,50 @@ def reducing_scatter_nodes(path: str | Path) -> list[onnx.NodeProto]:
         if node.op_type != "ScatterElements" or reduction != "none":
             reducing.append(node)
     return reducing
+
+
+# The command line: tiny random ViTs by their CLI arguments, a quiet run, one clean user error.
+#: a 2-block ViT on 32x32 inputs with 8x8 patches
+TINY = [
+    "--model",
+    "vit_tiny_patch16_224",
+    "--random-init",
+    "--model-arg",
+    "img_size=32",
+    "--model-arg",
+    "patch_size=8",
+    "--model-arg",
+    "depth=2",
+    "--model-arg",
+    "embed_dim=64",
+    "--model-arg",
+    "num_heads=2",
+]
+
+
+def run_cli(*args: str) -> Result:
+    """``vitslim --quiet ARGS`` in-process."""
+    return CliRunner().invoke(cli, ["--quiet", *args])
+
+
+def assert_user_error(result, pattern: str) -> None:
+    """One clear error line on stderr (after click's usage hint, for option errors), exit code 2, no traceback."""
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert [line for line in lines if line.startswith("Error:")] == [lines[-1]], result.stderr
+    assert pattern in lines[-1], result.stderr
+
+
+#: blocks of :func:`tiny`
+TINY_DEPTH = 2
+#: latency settings that keep a compress run short
+FAST = ["--runs", "2", "--warmup", "0", "--batch-sizes", "1,2", "--threads", "1"]
+
+
+def tiny(depth: int = TINY_DEPTH) -> list[str]:
+    """A random ViT with 8x8 patches on 64x64 inputs: 64 patch tokens + the class token."""
+    args = {"img_size": 64, "patch_size": 8, "depth": depth, "embed_dim": 32, "num_heads": 2}
+    model_args = [part for key, value in args.items() for part in ("--model-arg", f"{key}={value}")]
+    return ["--model", "vit_tiny_patch16_224", "--random-init", "--num-classes", "2", *model_args]

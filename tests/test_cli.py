@@ -9,40 +9,8 @@ from pathlib import Path
 
 import pytest
 import safetensors.torch
-from click.testing import CliRunner
 
-from tests.helpers import tiny_vit
-from vitslim.cli import cli
-
-TINY = [
-    "--model",
-    "vit_tiny_patch16_224",
-    "--random-init",
-    "--model-arg",
-    "img_size=32",
-    "--model-arg",
-    "patch_size=8",
-    "--model-arg",
-    "depth=2",
-    "--model-arg",
-    "embed_dim=64",
-    "--model-arg",
-    "num_heads=2",
-]
-
-
-def run(*args: str):
-    return CliRunner().invoke(cli, ["--quiet", *args])
-
-
-def assert_user_error(result, pattern: str) -> None:
-    """One clear error line on stderr (after click's usage hint, for option errors), exit code 2, no traceback."""
-    assert result.exit_code == 2, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert [line for line in lines if line.startswith("Error:")] == [lines[-1]], result.stderr
-    assert pattern in lines[-1], result.stderr
+from tests.helpers import TINY, assert_user_error, run_cli, tiny_vit
 
 
 def test_help_does_not_load_torch() -> None:
@@ -57,7 +25,7 @@ def test_help_does_not_load_torch() -> None:
 
 
 def test_info_json(tmp_path: Path) -> None:
-    result = run("info", *TINY, "--num-classes", "2", "--json", str(tmp_path / "info.json"))
+    result = run_cli("info", *TINY, "--num-classes", "2", "--json", str(tmp_path / "info.json"))
     assert result.exit_code == 0, result.output
     info = json.loads((tmp_path / "info.json").read_text())
     assert info["depth"] == 2 and info["tokens"] == 17 and info["num_classes"] == 2 and info["flops_per_image"] > 0
@@ -66,8 +34,8 @@ def test_info_json(tmp_path: Path) -> None:
 
 def test_eval_image_folder_and_onnx(tmp_path: Path, image_folder: Path) -> None:
     onnx_path = tmp_path / "m.onnx"
-    assert run("export", *TINY, "--num-classes", "2", "--out", str(onnx_path)).exit_code == 0
-    result = run(
+    assert run_cli("export", *TINY, "--num-classes", "2", "--out", str(onnx_path)).exit_code == 0
+    result = run_cli(
         "eval",
         *TINY,
         "--num-classes",
@@ -89,9 +57,9 @@ def test_eval_image_folder_and_onnx(tmp_path: Path, image_folder: Path) -> None:
 def test_eval_onnx_in_openvino(tmp_path: Path, image_folder: Path) -> None:
     pytest.importorskip("openvino", reason="OpenVINO is an optional extra")
     onnx_path = tmp_path / "m.onnx"
-    assert run("export", *TINY, "--num-classes", "2", "--out", str(onnx_path)).exit_code == 0
+    assert run_cli("export", *TINY, "--num-classes", "2", "--out", str(onnx_path)).exit_code == 0
     args = ["eval", *TINY, "--num-classes", "2", "--data", str(image_folder), "--onnx", str(onnx_path)]
-    result = run(*args, "--runtime", "openvino", "--json", str(tmp_path / "eval.json"))
+    result = run_cli(*args, "--runtime", "openvino", "--json", str(tmp_path / "eval.json"))
     assert result.exit_code == 0, result.output
     _, ov_row = json.loads((tmp_path / "eval.json").read_text())["results"]
     assert ov_row["name"] in ("openvino:m.onnx (bf16)", "openvino:m.onnx (f32)")
@@ -99,7 +67,7 @@ def test_eval_onnx_in_openvino(tmp_path: Path, image_folder: Path) -> None:
 
 
 def test_eval_unlabelled_folder_reports_no_accuracy(tmp_path: Path, image_folder: Path) -> None:
-    result = run(
+    result = run_cli(
         "eval", *TINY, "--num-classes", "2", "--data", str(image_folder / "cat"), "--json", str(tmp_path / "e.json")
     )
     assert result.exit_code == 0, result.output
@@ -108,7 +76,7 @@ def test_eval_unlabelled_folder_reports_no_accuracy(tmp_path: Path, image_folder
 
 
 def test_bench_json(tmp_path: Path) -> None:
-    result = run(
+    result = run_cli(
         "bench",
         *TINY,
         "--batch-sizes",
@@ -144,7 +112,7 @@ def test_export_with_checkpoint(tmp_path: Path) -> None:
     ckpt = tmp_path / "tiny.safetensors"
     safetensors.torch.save_file(model.state_dict(), ckpt)
     args = [a for a in TINY if a != "--random-init"]
-    result = run(
+    result = run_cli(
         "export",
         *args,
         "--checkpoint",
@@ -170,39 +138,39 @@ def test_export_with_checkpoint(tmp_path: Path) -> None:
     ],
 )
 def test_bad_input_is_one_line_exit_2(args: list[str], message: str) -> None:
-    assert_user_error(run(*args), message)
+    assert_user_error(run_cli(*args), message)
 
 
 def test_corrupt_and_mismatched_checkpoints(tmp_path: Path) -> None:
     corrupt = tmp_path / "bad.safetensors"
     corrupt.write_bytes(b"not a safetensors file")
-    assert_user_error(run("info", *TINY, "--checkpoint", str(corrupt)), "cannot read checkpoint")
+    assert_user_error(run_cli("info", *TINY, "--checkpoint", str(corrupt)), "cannot read checkpoint")
     other = tmp_path / "other.safetensors"
     safetensors.torch.save_file(tiny_vit(depth=3).state_dict(), other)
-    assert_user_error(run("info", *TINY, "--checkpoint", str(other)), "unexpected keys")
+    assert_user_error(run_cli("info", *TINY, "--checkpoint", str(other)), "unexpected keys")
 
 
 def test_bad_data_folders(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert_user_error(run("eval", *TINY, "--data", str(empty)), str(empty))
+    assert_user_error(run_cli("eval", *TINY, "--data", str(empty)), str(empty))
     texts = tmp_path / "texts"
     texts.mkdir()
     (texts / "notes.txt").write_text("no images here")
-    assert_user_error(run("eval", *TINY, "--data", str(texts)), "no images")
-    assert_user_error(run("eval", *TINY), "--data is required")
+    assert_user_error(run_cli("eval", *TINY, "--data", str(texts)), "no images")
+    assert_user_error(run_cli("eval", *TINY), "--data is required")
 
 
 def test_unwritable_outputs_leave_nothing(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert_user_error(run("export", *TINY, "--out", str(blocker / "m.onnx")), "cannot write")
-    assert_user_error(run("info", *TINY, "--json", str(blocker / "info.json")), "cannot write")
-    assert_user_error(run("demo", "--out", str(blocker / "run")), "cannot write to --out")
+    assert_user_error(run_cli("export", *TINY, "--out", str(blocker / "m.onnx")), "cannot write")
+    assert_user_error(run_cli("info", *TINY, "--json", str(blocker / "info.json")), "cannot write")
+    assert_user_error(run_cli("demo", "--out", str(blocker / "run")), "cannot write to --out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
 def test_demo_refuses_non_empty_out(tmp_path: Path) -> None:
     (tmp_path / "keep.txt").write_text("user data")
-    assert_user_error(run("demo", "--out", str(tmp_path)), "already exists and is not empty")
+    assert_user_error(run_cli("demo", "--out", str(tmp_path)), "already exists and is not empty")
     assert (tmp_path / "keep.txt").read_text() == "user data"

@@ -8,19 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_cli import assert_user_error, run
+from tests.helpers import FAST, TINY_DEPTH, assert_user_error, run_cli, tiny
 from vitslim.compress.tokens import TokenPruneConfig
 from vitslim.recipes import list_recipes, load_recipe
-
-TINY_DEPTH = 2
-FAST = ["--runs", "2", "--warmup", "0", "--batch-sizes", "1,2", "--threads", "1"]
-
-
-def tiny(depth: int = TINY_DEPTH) -> list[str]:
-    """A random ViT with 8x8 patches on 64x64 inputs: 64 patch tokens + the class token."""
-    args = {"img_size": 64, "patch_size": 8, "depth": depth, "embed_dim": 32, "num_heads": 2}
-    model_args = [part for key, value in args.items() for part in ("--model-arg", f"{key}={value}")]
-    return ["--model", "vit_tiny_patch16_224", "--random-init", "--num-classes", "2", *model_args]
 
 
 def fits_tiny(name: str) -> bool:
@@ -112,10 +102,10 @@ def test_builtin_recipes_end_to_end(tmp_path: Path, image_folder: Path, name: st
     args = ["compress", *tiny(), "--recipe", name, "--data", str(image_folder), "--calib", str(image_folder)]
     args += [*FAST, "--out", str(out)]
     if not fits_tiny(name):  # its layers lie beyond the tiny depth: a clear error, nothing written
-        assert_user_error(run(*args), f"out of range for a model of depth {TINY_DEPTH}")
+        assert_user_error(run_cli(*args), f"out of range for a model of depth {TINY_DEPTH}")
         assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
         return
-    result = run(*args, "--json", str(tmp_path / "r.json"))
+    result = run_cli(*args, "--json", str(tmp_path / "r.json"))
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r.json").read_text())
     check_report(report, out)
@@ -134,7 +124,7 @@ def test_builtin_recipes_end_to_end(tmp_path: Path, image_folder: Path, name: st
 def test_target_cpu_drops_2_4_sparsity_and_says_so(tmp_path: Path, image_folder: Path) -> None:
     out = tmp_path / "out"
     args = ["compress", *tiny(), "--recipe", "full", "--data", str(image_folder), "--calib", str(image_folder)]
-    result = run(*args, *FAST, "--target", "cpu", "--runtime", "onnxruntime", "--out", str(out))
+    result = run_cli(*args, *FAST, "--target", "cpu", "--runtime", "onnxruntime", "--out", str(out))
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert [v["name"] for v in report["variants"]] == ["fp32", "tokens", "quant"]
@@ -153,9 +143,9 @@ def test_alone_measures_each_later_stage_on_the_fp32_model(tmp_path: Path, image
     out = tmp_path / "out"
     args = ["compress", *tiny(), "--recipe", str(recipe), "--data", str(image_folder), "--calib", str(image_folder)]
     for wrong, message in (("tokens", "is the recipe's first stage"), ("export", "is not a model stage")):
-        assert_user_error(run(*args, "--alone", wrong, "--out", str(out)), f"--alone {wrong}: '{wrong}' {message}")
+        assert_user_error(run_cli(*args, "--alone", wrong, "--out", str(out)), f"--alone {wrong}: '{wrong}' {message}")
         assert not out.exists()
-    result = run(*args, *FAST, "--alone", "sparsity,quant", "--runtime", "onnxruntime", "--out", str(out))
+    result = run_cli(*args, *FAST, "--alone", "sparsity,quant", "--runtime", "onnxruntime", "--out", str(out))
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     fp32, sparse, quant, *stacked = report["variants"]
@@ -179,7 +169,9 @@ def test_evit_recipe_file_end_to_end(tmp_path: Path, image_folder: Path) -> None
     recipe = tmp_path / "evit.yaml"
     recipe.write_text("stages:\n  tokens: {method: evit, keep_rate: 0.5, layers: [0, 1]}\n")
     out = tmp_path / "out"
-    result = run("compress", *tiny(), "--recipe", str(recipe), "--data", str(image_folder), *FAST, "--out", str(out))
+    result = run_cli(
+        "compress", *tiny(), "--recipe", str(recipe), "--data", str(image_folder), *FAST, "--out", str(out)
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     check_report(report, out)
@@ -192,7 +184,7 @@ def test_failed_validation_keeps_reports_and_renames_models(tmp_path: Path, imag
     recipe.write_text("stages:\n  quant: {preset: w8a8, images: 8}\n  validate: {max_abs_diff: 1.0e-12}\n")
     out = tmp_path / "out"
     args = ["compress", *tiny(), "--recipe", str(recipe), "--data", str(image_folder), "--calib", str(image_folder)]
-    result = run(*args, *FAST, "--out", str(out))
+    result = run_cli(*args, *FAST, "--out", str(out))
     assert result.exit_code == 4, result.output
     report = json.loads((out / "report.json").read_text())
     # each variant's ONNX file (ONNX Runtime) and OpenVINO IR (f32 hint) failed, and was renamed
@@ -211,7 +203,9 @@ def test_tensorrt_export_without_tensorrt_writes_trtexec_script(tmp_path: Path, 
     recipe = tmp_path / "trt.yaml"
     recipe.write_text("stages:\n  tokens: {r: 4}\n  export: {tensorrt: true}\n")
     out = tmp_path / "out"
-    result = run("compress", *tiny(), "--recipe", str(recipe), "--data", str(image_folder), *FAST, "--out", str(out))
+    result = run_cli(
+        "compress", *tiny(), "--recipe", str(recipe), "--data", str(image_folder), *FAST, "--out", str(out)
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     trt = report["tensorrt"]
@@ -240,13 +234,13 @@ def test_tensorrt_export_without_tensorrt_writes_trtexec_script(tmp_path: Path, 
 def test_recipe_errors_are_one_line(tmp_path: Path, recipe_yaml: str, message: str) -> None:
     recipe = tmp_path / "bad.yaml"
     recipe.write_text(recipe_yaml + "\n")
-    assert_user_error(run("compress", *tiny(), "--recipe", str(recipe), "--out", str(tmp_path / "out")), message)
-    assert_user_error(run("info", *tiny(), "--recipe", str(recipe)), message)
+    assert_user_error(run_cli("compress", *tiny(), "--recipe", str(recipe), "--out", str(tmp_path / "out")), message)
+    assert_user_error(run_cli("info", *tiny(), "--recipe", str(recipe)), message)
     assert not (tmp_path / "out").exists()
 
 
 def test_unknown_recipe_name_lists_builtins(tmp_path: Path) -> None:
-    result = run("compress", *tiny(), "--recipe", "tome-r9", "--out", str(tmp_path / "out"))
+    result = run_cli("compress", *tiny(), "--recipe", "tome-r9", "--out", str(tmp_path / "out"))
     assert_user_error(result, "did you mean 'tome-r8'? built-in recipes: ")
     assert all(name in result.stderr for name in list_recipes())
 
@@ -254,18 +248,18 @@ def test_unknown_recipe_name_lists_builtins(tmp_path: Path) -> None:
 def test_compress_refuses_non_empty_out(tmp_path: Path, image_folder: Path) -> None:
     (tmp_path / "keep.txt").write_text("user data")
     args = ["compress", *tiny(), "--recipe", "tome-r8", "--data", str(image_folder), "--out", str(tmp_path)]
-    assert_user_error(run(*args), "already exists and is not empty")
+    assert_user_error(run_cli(*args), "already exists and is not empty")
     assert (tmp_path / "keep.txt").read_text() == "user data"
 
 
 def test_compress_needs_data_for_timm_models(tmp_path: Path) -> None:
-    assert_user_error(run("compress", *tiny(), "--recipe", "tome-r8", "--out", str(tmp_path / "o")), "--data")
+    assert_user_error(run_cli("compress", *tiny(), "--recipe", "tome-r8", "--out", str(tmp_path / "o")), "--data")
     assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("name", ["tome-r8", "evit-0.7"])
 def test_info_recipe_shows_reduced_flops(tmp_path: Path, name: str) -> None:
-    result = run("info", *tiny(depth=12), "--recipe", name, "--json", str(tmp_path / "i.json"))
+    result = run_cli("info", *tiny(depth=12), "--recipe", name, "--json", str(tmp_path / "i.json"))
     assert result.exit_code == 0, result.output
     info = json.loads((tmp_path / "i.json").read_text())
     reduction = info["token_reduction"]
@@ -279,7 +273,7 @@ def test_info_recipe_shows_reduced_flops(tmp_path: Path, name: str) -> None:
 def test_info_recipe_lists_quantizer_sites(tmp_path: Path) -> None:
     recipe = tmp_path / "q.yaml"
     recipe.write_text("stages:\n  quant: {preset: w4a4-adalog, config: {overrides: {'head.*': null}}}\n")
-    result = run("info", *tiny(), "--recipe", str(recipe), "--json", str(tmp_path / "i.json"))
+    result = run_cli("info", *tiny(), "--recipe", str(recipe), "--json", str(tmp_path / "i.json"))
     assert result.exit_code == 0, result.output
     quant = json.loads((tmp_path / "i.json").read_text())["quantization"]
     # per block: qkv, proj, fc1, fc2 weights and inputs, q, k, softmax, v; patch embed weight; head weight, input
@@ -347,5 +341,5 @@ def test_quiet_and_verbose_exclude_each_other() -> None:
 )
 def test_bad_device_is_one_line_before_anything_runs(tmp_path: Path, device: str, message: str) -> None:
     out = tmp_path / "out"
-    assert_user_error(run("compress", *tiny(), "--recipe", "w8a8", "--device", device, "--out", str(out)), message)
+    assert_user_error(run_cli("compress", *tiny(), "--recipe", "w8a8", "--device", device, "--out", str(out)), message)
     assert not out.exists()

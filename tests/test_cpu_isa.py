@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import images, meaningful_vit
-from tests.test_cli import TINY, run
+from tests.helpers import TINY, images, meaningful_vit, run_cli
 from tests.test_quant_stage import tiny_loaded
 from vitslim.compress.quant import QuantConfig, SiteSpec, quant_points, quantize_
 from vitslim.compress.quant.sites import find_sites
@@ -112,7 +111,7 @@ def test_compress_reads_the_cpu_and_says_why_weights_have_7_bits(
     out = tmp_path / "out"
     fast = ["--runs", "1", "--warmup", "0", "--batch-sizes", "1", "--threads", "1", "--runtime", "onnxruntime"]
     extra = ["--target", target] if target else []
-    result = run("compress", *TINY, "--recipe", str(recipe), "--data", str(image_folder), "--calib",
+    result = run_cli("compress", *TINY, "--recipe", str(recipe), "--data", str(image_folder), "--calib",
                  str(image_folder), *fast, *extra, "--out", str(out))  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
@@ -148,7 +147,7 @@ def test_a_deviating_int8_kernel_fails_validation_and_is_told_apart_from_a_wrong
     recipe.write_text(f"name: q\nstages:\n  quant: {quant}\n  validate: {{noise_floor: false}}\n")  # 6 images
     out = tmp_path / "out"
     fast = ["--runs", "1", "--warmup", "0", "--batch-sizes", "1", "--threads", "1", "--runtime", "onnxruntime"]
-    result = run("compress", *TINY, "--recipe", str(recipe), "--data", str(image_folder), "--calib",
+    result = run_cli("compress", *TINY, "--recipe", str(recipe), "--data", str(image_folder), "--calib",
                  str(image_folder), *fast, "--out", str(out))  # fmt: skip
     assert result.exit_code == 4, result.output
     report = json.loads((out / "report.json").read_text())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import images, meaningful_vit, uniform_cfg
+from tests.helpers import TINY, images, meaningful_vit, uniform_cfg
 from vitslim.compress.quant import QuantConfig, quantize_
 from vitslim.errors import UserError
 from vitslim.export.manifest import write_manifest
@@ -121,7 +121,6 @@ def test_manifest_lists_files_precision_and_versions(tmp_path: Path) -> None:
 def test_cli_export_tensorrt_exits_3_with_a_trtexec_script(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from tests.test_cli import TINY
     from vitslim.cli import cli
 
     out = tmp_path / "m.onnx"

@@ -11,9 +11,9 @@ import pytest
 import safetensors.torch
 import torch
 
+from tests.helpers import run_cli
 from tests.hf_models import SIZE
 from tests.hf_towers import TOWERS, save_hf_tower, tower_outputs
-from tests.test_cli import run
 from tests.test_zoo import ALL_STAGES, FAST, check_report
 from vitslim.errors import UserError
 from vitslim.models import load_model
@@ -79,7 +79,7 @@ def test_tower_through_every_stage(tmp_path: Path, image_folder: Path) -> None:
     recipe.write_text(ALL_STAGES)
     out = tmp_path / "out"
     args = ["compress", "--model", str(tmp_path / "model"), "--recipe", str(recipe), "--output", "both"]
-    result = run(*args, "--data", str(image_folder), "--calib", str(image_folder), *FAST, "--out", str(out))
+    result = run_cli(*args, "--data", str(image_folder), "--calib", str(image_folder), *FAST, "--out", str(out))
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["model"]["source"].startswith(f"Hugging Face {architecture} folder")
@@ -97,15 +97,15 @@ def test_export_and_eval_feature_outputs(tmp_path: Path, image_folder: Path) -> 
     pytest.importorskip("openvino")
     save_hf_tower("CLIPVisionModelWithProjection", tmp_path / "model")
     path = tmp_path / "clip.onnx"
-    result = run("export", "--model", str(tmp_path / "model"), "--out", str(path), "--output", "both")
+    result = run_cli("export", "--model", str(tmp_path / "model"), "--out", str(path), "--output", "both")
     assert result.exit_code == 0, result.output
     assert "top-1 agreement" not in result.output and [o.name for o in onnx.load(str(path)).graph.output] == [
         "pooled",
         "patch",
     ]
     args = ["eval", "--model", str(tmp_path / "model"), "--data", str(image_folder), "--onnx", str(path)]
-    result = run(*args, "--output", "both", "--runtime", "openvino")
+    result = run_cli(*args, "--output", "both", "--runtime", "openvino")
     assert result.exit_code == 0, result.output
     assert "patch_cosine=1.0000" in result.output and "openvino:clip.onnx" in result.output
-    result = run(*args, "--output", "pooled")
+    result = run_cli(*args, "--output", "pooled")
     assert result.exit_code != 0 and "export it with the same --output" in result.output

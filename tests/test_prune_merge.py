@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import reducing_scatter_nodes
-from tests.test_tokens import IMG, images, make, run
+from tests.token_models import IMG, images, make, run
 from vitslim.compress.tokens import (
     TokenConfigError,
     TokenMergeConfig,

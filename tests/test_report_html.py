@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import assert_user_error, run
-from tests.test_compress import FAST, tiny
+from tests.helpers import FAST, assert_user_error, run_cli, tiny
 from vitslim.compress.quant.report import bits_per_layer
 from vitslim.compress.tokens.report import tokens_figure
 from vitslim.report.figures import accuracy_vs_latency
@@ -26,7 +25,7 @@ def tome_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     images = write_class_folder(root / "images")
     out = root / "out"
-    result = run("compress", *tiny(), "--recipe", "tome-r8", "--data", str(images), *FAST, "--out", str(out))
+    result = run_cli("compress", *tiny(), "--recipe", "tome-r8", "--data", str(images), *FAST, "--out", str(out))
     assert result.exit_code == 0, result.output
     return out
 
@@ -68,19 +67,19 @@ def test_bits_figure_for_quantized_sites(tome_run: Path) -> None:
 def test_report_command_regenerates_and_compares(tome_run: Path, tmp_path: Path) -> None:
     (tome_run / "report.html").unlink()
     (tome_run / "report.md").write_text("stale")
-    result = run("report", str(tome_run))
+    result = run_cli("report", str(tome_run))
     assert result.exit_code == 0, result.output
     assert (tome_run / "report.html").is_file() and "# vitslim report" in (tome_run / "report.md").read_text()
 
     out = tmp_path / "compare.html"
-    result = run("report", str(tome_run), str(tome_run), "--out", str(out))
+    result = run_cli("report", str(tome_run), str(tome_run), "--out", str(out))
     assert result.exit_code == 0, result.output
     assert result.output.count(f"| {tome_run} | tokens |") == 2 and "(1.00x)" in result.output
     assert "<table>" in out.read_text()
 
 
 def test_report_command_errors(tome_run: Path, tmp_path: Path) -> None:
-    assert_user_error(run("report", str(tmp_path)), "has no report.json")
+    assert_user_error(run_cli("report", str(tmp_path)), "has no report.json")
     (tmp_path / "report.json").write_text("{}")
-    assert_user_error(run("report", str(tmp_path)), "is not a vitslim report")
-    assert_user_error(run("report", str(tome_run), "--out", str(tmp_path / "x.md")), "--out is for comparing")
+    assert_user_error(run_cli("report", str(tmp_path)), "is not a vitslim report")
+    assert_user_error(run_cli("report", str(tome_run), "--out", str(tmp_path / "x.md")), "--out is for comparing")

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_cli import assert_user_error, run
-from tests.test_compress import tiny
+from tests.helpers import assert_user_error, run_cli, tiny
 from vitslim.runtimes import ALL, RUNTIMES, Check, Deployed, Runtime, Timed, resolve_runtimes
 
 
@@ -51,13 +50,13 @@ def sleepy() -> Any:
 
 
 def test_a_registered_runtime_runs_in_compress_and_its_report(sleepy, tmp_path: Path, image_folder: Path) -> None:
-    assert "sleepy" in run("compress", "--help").output and "sleepy" in run("bench", "--help").output
+    assert "sleepy" in run_cli("compress", "--help").output and "sleepy" in run_cli("bench", "--help").output
     recipe = tmp_path / "r.yaml"
     recipe.write_text("stages:\n  tokens: {r: 8}\n")
     out = tmp_path / "out"
     timing = ["--runs", "15", "--warmup", "0", "--batch-sizes", "1", "--threads", "1"]  # 5 rounds of 3 calls
     args = ["compress", *tiny(), "--recipe", str(recipe), "--data", str(image_folder), *timing]
-    result = run(*args, "--runtime", "sleepy", "--out", str(out))
+    result = run_cli(*args, "--runtime", "sleepy", "--out", str(out))
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     fp32, tokens = report["variants"]
@@ -82,7 +81,9 @@ def test_a_missing_runtime_is_named_with_its_install_hint_and_left_out_of_all(
 ) -> None:
     with RUNTIMES.registered(MissingRuntime.name, MissingRuntime()):
         assert "missing" not in resolve_runtimes(ALL) and "sleepy" in resolve_runtimes(ALL)
-        result = run("compress", *tiny(), "--recipe", "tome-r8", "--runtime", "missing", "--out", str(tmp_path / "o"))
+        result = run_cli(
+            "compress", *tiny(), "--recipe", "tome-r8", "--runtime", "missing", "--out", str(tmp_path / "o")
+        )
         assert_user_error(result, "Missing is not installed: pip install missing")
     assert not (tmp_path / "o").exists()
-    assert_user_error(run("eval", *tiny(), "--runtime", "pytorch", "--onnx", __file__), "'pytorch' is not one of")
+    assert_user_error(run_cli("eval", *tiny(), "--runtime", "pytorch", "--onnx", __file__), "'pytorch' is not one of")

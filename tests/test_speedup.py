@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_cli import run
-from tests.test_compress import tiny
+from tests.helpers import run_cli, tiny
 from vitslim.evaluate.speedup import MIN_ROUNDS, speedup
 
 
@@ -64,7 +63,7 @@ def test_a_weight_only_variant_gets_no_speed_up_on_a_loaded_machine(tmp_path: Pa
     timing = ["--runs", "15", "--warmup", "1", "--batch-sizes", "1,2", "--threads", "1", "--runtime", "onnxruntime"]
     load = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     try:
-        result = run(
+        result = run_cli(
             "compress", *tiny(), "--recipe", str(recipe), "--data", str(image_folder), *timing, "--out", str(out)
         )
     finally:

@@ -12,9 +12,7 @@ from typing import Any, TypedDict
 import pytest
 import torch
 
-from tests.helpers import write_class_folder
-from tests.test_cli import run
-from tests.test_compress import FAST, tiny
+from tests.helpers import FAST, run_cli, tiny, write_class_folder
 from vitslim import stages
 from vitslim.config import check_keys
 from vitslim.errors import UserError
@@ -90,7 +88,7 @@ def toy_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(stages, "STAGES", STAGES.with_stage(TOY_SPEC))
         args = ["--recipe", str(recipe), "--data", str(write_class_folder(root / "images")), *FAST]
-        result = run("compress", *tiny(), *args, "--runtime", "onnxruntime", "--out", str(out))
+        result = run_cli("compress", *tiny(), *args, "--runtime", "onnxruntime", "--out", str(out))
         assert result.exit_code == 0, result.output
         yield out
 
@@ -121,7 +119,7 @@ def test_a_stage_family_renders_its_own_section_and_figure(toy_run: Path) -> Non
     page = (toy_run / "report.html").read_text()
     toy, tokens = "Toy figure: the head shift of every variant.", "Tokens each transformer block sees."
     assert page.index("Accuracy against ONNX Runtime latency") < page.index(toy) < page.index(tokens)  # table order
-    result = run("report", str(toy_run))  # re-rendered from report.json alone
+    result = run_cli("report", str(toy_run))  # re-rendered from report.json alone
     assert result.exit_code == 0, result.output
     assert (toy_run / "report.md").read_text() == text and (toy_run / "report.html").read_text() == page
 

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import images, tiny_vit
-from tests.test_cli import assert_user_error, run
+from tests.helpers import assert_user_error, images, run_cli, tiny_vit
 from vitslim.compress.quant import QuantConfig, quantize_
 from vitslim.compress.tokens import TokenMergeConfig, apply_token_reduction
 from vitslim.errors import UserError
@@ -118,11 +117,11 @@ def test_eval_and_compress_on_ray_give_the_single_process_figures(
     tmp_path: Path, image_folder: Path, ray_cluster
 ) -> None:
     onnx_path = tmp_path / "m.onnx"
-    assert run("export", *TINY, "--out", str(onnx_path)).exit_code == 0
+    assert run_cli("export", *TINY, "--out", str(onnx_path)).exit_code == 0
     args = ["eval", *TINY, "--data", str(image_folder), "--batch-size", "2", "--threads", "1", "--onnx", str(onnx_path)]
     figures = []
     for extra in ([], ["--executor", "ray", "--workers", "2"]):
-        result = run(*args, *extra, "--json", str(tmp_path / "e.json"))
+        result = run_cli(*args, *extra, "--json", str(tmp_path / "e.json"))
         assert result.exit_code == 0, result.output
         figures.append(json.loads((tmp_path / "e.json").read_text())["results"])
     assert figures[0] == figures[1]
@@ -132,7 +131,7 @@ def test_eval_and_compress_on_ray_give_the_single_process_figures(
         out = tmp_path / name
         compress = ["compress", *TINY, "--recipe", "w8a8", "--data", str(image_folder), "--calib", str(image_folder)]
         compress += ["--batch-size", "2", "--threads", "1", "--runtime", "onnxruntime", "--runs", "1", "--warmup", "0"]
-        result = run(*compress, "--batch-sizes", "1", *extra, "--out", str(out))
+        result = run_cli(*compress, "--batch-sizes", "1", *extra, "--out", str(out))
         assert result.exit_code == 0, result.output
         reports.append(_scores(out))
     assert reports[0] == reports[1]
@@ -190,7 +189,7 @@ def test_joining_a_cluster_that_refuses_says_why(monkeypatch: pytest.MonkeyPatch
 def test_sweep_in_process_and_on_ray_agree_and_resume(tmp_path: Path, image_folder: Path, ray_cluster) -> None:
     data = ["--data", str(image_folder), "--calib", str(image_folder), "--threads", "1"]
     local, remote = tmp_path / "local", tmp_path / "ray"
-    result = run(
+    result = run_cli(
         "sweep", *TINY, *SWEEP, *data, "--max-drop", "50", "--out", str(local), "--json", str(tmp_path / "s.json")
     )
     assert result.exit_code == 0, result.output
@@ -205,7 +204,7 @@ def test_sweep_in_process_and_on_ray_agree_and_resume(tmp_path: Path, image_fold
 
     # on Ray: the tome-r8 candidates (w8a8 left out: the mechanism is the same for every candidate)
     on_ray = ["--recipes", "tome-r8", "--grid", "tokens.r=2", "--batch-sizes", "1,2", "--rounds", "1"]
-    result = run("sweep", *TINY, *on_ray, *data, "--executor", "ray", "--out", str(remote))
+    result = run_cli("sweep", *TINY, *on_ray, *data, "--executor", "ray", "--out", str(remote))
     assert result.exit_code == 0, result.output
     for name in names[1:]:  # the same accuracy figures, variant by variant, whichever executor ran them
         assert _scores(local / name) == _scores(remote / name), name
@@ -215,14 +214,14 @@ def test_sweep_in_process_and_on_ray_agree_and_resume(tmp_path: Path, image_fold
     for path in (local / "tome-r8@tokens.r=2").iterdir():
         path.unlink()
     (local / "tome-r8@tokens.r=2").rmdir()
-    result = run("sweep", *TINY, *SWEEP, *data, "--out", str(local), "--json", str(tmp_path / "again.json"))
+    result = run_cli("sweep", *TINY, *SWEEP, *data, "--out", str(local), "--json", str(tmp_path / "again.json"))
     assert result.exit_code == 0, result.output
     assert (local / "w8a8" / "report.json").stat().st_mtime_ns == kept
     assert (local / "tome-r8@tokens.r=2" / "report.json").is_file()
     assert json.loads((tmp_path / "again.json").read_text())["resumed"] == names[:2]
 
     # another configuration in the same folder is refused
-    other = run("sweep", *TINY, "--recipes", "w8a8", *data, "--out", str(local))
+    other = run_cli("sweep", *TINY, "--recipes", "w8a8", *data, "--out", str(local))
     assert_user_error(other, "holds a sweep of another model, data or candidates")
 
 
@@ -232,7 +231,7 @@ def test_a_failed_candidate_is_recorded_and_retried(tmp_path: Path, image_folder
     # evit-0.7 prunes at blocks 3, 6, 9: out of range for a depth-2 model, found by the preflight
     args = ["sweep", *TINY, "--recipes", "w8a8,evit-0.7", "--batch-sizes", "1", *data, "--out", str(out)]
     for _ in range(2):
-        result = run(*args)
+        result = run_cli(*args)
         assert result.exit_code == 0, result.output
         error = json.loads((out / "evit-0.7.error.json").read_text())
         assert error["user_error"] and "out of range" in error["error"]
@@ -245,7 +244,7 @@ def test_a_failed_candidate_is_recorded_and_retried(tmp_path: Path, image_folder
 
 def test_sweep_mistakes_are_one_line(tmp_path: Path) -> None:
     assert_user_error(
-        run("sweep", *TINY, "--recipes", "w8a8", "--grid", "r=2", "--out", str(tmp_path / "o")),
+        run_cli("sweep", *TINY, "--recipes", "w8a8", "--grid", "r=2", "--out", str(tmp_path / "o")),
         "expected stage.key=value1,value2",
     )
     assert not (tmp_path / "o").exists()

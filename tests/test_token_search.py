@@ -7,7 +7,7 @@ import torch
 from click.testing import CliRunner
 
 from tests.helpers import write_class_folder
-from tests.test_tokens import images, make, run
+from tests.token_models import images, make, run
 from vitslim.compress.tokens import (
     TokenConfigError,
     TokenMergeConfig,

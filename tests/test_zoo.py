@@ -16,9 +16,8 @@ import timm
 import torch
 
 from tests.checkpoint_formats import dinov2_original, openai_clip, write_big_vision_npz
-from tests.helpers import write_class_folder
+from tests.helpers import assert_user_error, run_cli, write_class_folder
 from tests.hf_models import ARCHITECTURES, save_hf_model
-from tests.test_cli import assert_user_error, run
 from vitslim.errors import UserError
 
 RECIPES = ["w8a8", "tome-r8", "sparse24-w8a8", "full"]
@@ -149,7 +148,7 @@ def test_zoo_checkpoint_through_recipe(tmp_path: Path, zoo: dict, zoo_images: Pa
     out = tmp_path / "out"
     args = ["compress", "--model", entry.name, "--checkpoint", str(zoo[key]), *_model_args(entry)]
     args += ["--recipe", recipe, "--data", str(zoo_images), "--calib", str(zoo_images), *FAST, "--out", str(out)]
-    result = run(*args)
+    result = run_cli(*args)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["model"]["source"] == f"checkpoint {zoo[key]}"
@@ -170,7 +169,7 @@ def test_hugging_face_folder_through_every_stage(tmp_path: Path, zoo_images: Pat
     recipe.write_text(ALL_STAGES)
     out = tmp_path / "out"
     args = ["compress", "--model", str(tmp_path / "model"), "--recipe", str(recipe)]
-    result = run(*args, "--data", str(zoo_images), "--calib", str(zoo_images), *FAST, "--out", str(out))
+    result = run_cli(*args, "--data", str(zoo_images), "--calib", str(zoo_images), *FAST, "--out", str(out))
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["model"]["source"].startswith(f"Hugging Face {architecture} folder")
@@ -185,7 +184,7 @@ def test_dinov2_registers_headless_at_native_518_px(tmp_path: Path, zoo_images: 
     safetensors.torch.save_file(model.state_dict(), path)
     args = ["--model-arg", "depth=1", "--model-arg", "embed_dim=32", "--model-arg", "num_heads=2"]
     out = tmp_path / "out"
-    result = run(
+    result = run_cli(
         "compress", "--model", "vit_small_patch14_reg4_dinov2", "--checkpoint", str(path), *args, "--recipe",
         "w8a8", "--data", str(zoo_images), "--calib", str(zoo_images), *FAST, "--out", str(out),
     )  # fmt: skip
@@ -204,13 +203,13 @@ def test_nan_checkpoint_is_one_error_line_in_seconds(tmp_path: Path, zoo: dict, 
     safetensors.torch.save_file(state, path)
     out = tmp_path / "out"
     args = ["compress", "--model", entry.name, "--checkpoint", str(path), *_model_args(entry), "--recipe", "w8a8"]
-    result = run(*args, "--data", str(zoo_images), "--calib", str(zoo_images), "--out", str(out))
+    result = run_cli(*args, "--data", str(zoo_images), "--calib", str(zoo_images), "--out", str(out))
     assert_user_error(result, "tensor blocks.0.norm1.weight (32,) holds 1 NaN or infinite value")
     assert not out.exists()
 
 
 def test_unsupported_architecture_is_one_error_line(tmp_path: Path) -> None:
-    result = run("compress", "--model", "swin_tiny_patch4_window7_224", "--random-init", "--recipe", "w8a8",
+    result = run_cli("compress", "--model", "swin_tiny_patch4_window7_224", "--random-init", "--recipe", "w8a8",
                  "--out", str(tmp_path / "out"))  # fmt: skip
     assert_user_error(result, "swin_tiny_patch4_window7_224 is a swin_transformer model, not a plain ViT")
     assert "vitslim supports plain timm Vision Transformers" in result.stderr

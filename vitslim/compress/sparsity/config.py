@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vitslim.config import check_renamed, check_flag, check_keys
+from vitslim.config import check_flag, check_keys, check_renamed
 from vitslim.errors import UserError
 
 from .methods import get_sparsity_method
