@@ -196,7 +196,7 @@ def key(run: dict) -> str:
 
 
 def run_benchmark(loaded: LoadedModel, data: EvalData, args: argparse.Namespace) -> dict[str, Any]:
-    ctx = StageContext(loaded, None, 0, False, 32)
+    ctx = StageContext(loaded, progress=False)
     with tempfile.TemporaryDirectory() as tmp:
         runs, rows = artifacts(loaded, data, Path(tmp), ctx)
         present = [r for r in runs if "path" in r]

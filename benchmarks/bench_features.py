@@ -59,7 +59,7 @@ def run(gallery_n: int, queries_n: int, threads: int) -> dict:
     loaded = load_model("demo")
     gallery = load_eval_data(loaded, "fashion-mnist:train", gallery_n, 1, 32)
     queries = load_eval_data(loaded, "fashion-mnist:test", queries_n, 0, 32)
-    ctx = StageContext(loaded, None, 0, False, 32)
+    ctx = StageContext(loaded, progress=False)
     models = {"fp32": loaded.model}
     for recipe in RECIPES:
         models[recipe] = build_variants(loaded.model, load_recipe(recipe), ctx)[-1].model

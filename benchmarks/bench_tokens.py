@@ -53,7 +53,7 @@ RUNTIMES = ("onnxruntime", "openvino")
 def settings(loaded: LoadedModel, budgets: list[float], args: argparse.Namespace) -> list[tuple[str, object]]:
     """``(name, config or None)`` of every setting; searches run here, on train images."""
     model = loaded.model
-    calib = StageContext(loaded, None, 0, False, 32).calibration(args.search_images)
+    calib = StageContext(loaded, progress=False).calibration(args.search_images)
     out: list[tuple[str, object]] = [("fp32", None)]
     out.append(("fp32-lastblock", TokenMergeConfig(r=0, class_token_last_block=True)))
 

@@ -228,13 +228,13 @@ def test_preflight_fails_before_any_stage(
     """A model that does not take the preprocessed images, or gives NaN on them, fails on one image
     before any stage runs (calibration would take minutes on a real model)."""
     from vitslim.models import LoadedModel
-    from vitslim.pipeline import compress
+    from vitslim.pipeline import Evaluation, compress
     from vitslim.recipes import load_recipe
 
     def no_stage(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("a stage ran before the preflight checks failed")
 
-    monkeypatch.setattr("vitslim.pipeline.build_variants", no_stage)
+    monkeypatch.setattr("vitslim.pipeline.run.build_variants", no_stage)
     model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=3, **TINY).eval()
     if poison:
         with torch.no_grad():
@@ -242,5 +242,6 @@ def test_preflight_fails_before_any_stage(
     config = {"input_size": input_size, "interpolation": "bicubic", "mean": (0.5,) * 3, "std": (0.5,) * 3}
     loaded = LoadedModel(model, "tiny", "test", {**config, "crop_pct": 1.0, "crop_mode": "center"}, 3)
     with pytest.raises(UserError, match=message):
-        compress(loaded, load_recipe("full"), tmp_path / "out", data=str(zoo_images), calib=str(zoo_images))
+        evaluation = Evaluation(data=str(zoo_images), calib=str(zoo_images))
+        compress(loaded, load_recipe("full"), tmp_path / "out", evaluation=evaluation)
     assert not (tmp_path / "out").exists()

@@ -360,7 +360,7 @@ def compress(
             out_dir,
             json_path,
             runtime,
-            eval_batch_size=batch_size,
+            batch_size=batch_size,
             executor=pool,
             workers=workers,
             **options,
@@ -376,11 +376,21 @@ def _compress_and_report(
     """Run the compress pipeline (progress bars unless --quiet, this command line recorded) with the
     command's ``options``, print the report and what was written; exit 4 when an export failed validation."""
     from vitslim.pipeline import compress as run_compress
+    from vitslim.pipeline import split_options
     from vitslim.report.markdown import render_markdown
     from vitslim.report.summary import slower_than_fp32
 
-    runtimes, progress, command = runtimes_of(runtime), show_progress(), command_line()
-    report = run_compress(loaded, recipe, out_dir, progress=progress, command=command, runtimes=runtimes, **options)
+    evaluation, timing, rest = split_options({**options, "runtimes": runtimes_of(runtime)})
+    report = run_compress(
+        loaded,
+        recipe,
+        out_dir,
+        evaluation=evaluation,
+        timing=timing,
+        progress=show_progress(),
+        command=command_line(),
+        **rest,
+    )
     click.echo(render_markdown(report))
     onnx_files = ", ".join(v["onnx"]["file"] for v in report["variants"])
     click.echo(f"wrote report.json, report.md, report.html, manifest.json and {onnx_files} into {out_dir}")

@@ -52,7 +52,7 @@ def search_tokens(
     from vitslim.pipeline import StageContext
     from vitslim.recipes import recipe_with_stage, recipe_yaml
 
-    batches = StageContext(loaded, calib, seed, progress=False).calibration(images)
+    batches = StageContext(loaded, calib=calib, seed=seed, progress=False).calibration(images)
 
     def report(cand: Candidate) -> None:
         if show_progress():

@@ -55,7 +55,9 @@ class Family:
     ``from_dict``: recipe settings -> frozen config (UserErrors for mistakes). Model stages:
     ``apply(model, config, calibration) -> StageRecord`` changes ``model`` in place. Before any
     stage runs: ``calibrates(config)`` says whether it will read calibration images, ``check(model,
-    config)`` fails in seconds on a config that does not fit the model. Report:
+    config)`` fails in seconds on a config that does not fit the model, ``caution(config,
+    calibration)`` -> a warning said before the run (None: nothing; e.g. int8 on a CPU where it
+    rarely pays). Report:
     ``measure(model)`` -> entries of every variant (the uncompressed one too), ``summarize(record,
     model, onnx_path, own)`` -> entries of the variants the stage was applied to (``own``: it was
     applied last), ``notes(variants)`` -> report notes; ``entries``: a TypedDict declaring the
@@ -72,6 +74,7 @@ class Family:
     apply: Callable[[Any, Any, Calibration], StageRecord] | None = None
     calibrates: Callable[[Any], bool] | None = None
     check: Callable[[Any, Any], None] | None = None
+    caution: Callable[[Any, Calibration], str | None] | None = None
     measure: Callable[[Any], dict[str, Any]] | None = None
     summarize: Callable[[StageRecord, Any, Path, bool], dict[str, Any]] | None = None
     notes: Callable[[list[dict]], list[str]] | None = None

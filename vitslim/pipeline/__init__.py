@@ -13,17 +13,21 @@
 """
 
 from vitslim.pipeline.context import StageContext
-from vitslim.pipeline.run import EVAL_BATCH_SIZE, compress, fp32_report, run_recipe
+from vitslim.pipeline.options import EVAL_BATCH_SIZE, Evaluation, Timing, split_options
+from vitslim.pipeline.run import compress, fp32_report, run_recipe
 from vitslim.pipeline.variants import ALONE, FP32, Variant, build_variants
 
 __all__ = [
     "ALONE",
     "EVAL_BATCH_SIZE",
+    "Evaluation",
     "FP32",
     "StageContext",
+    "Timing",
     "Variant",
     "build_variants",
     "compress",
     "fp32_report",
     "run_recipe",
+    "split_options",
 ]

@@ -13,12 +13,22 @@ from collections.abc import Sequence
 
 from vitslim.evaluate.interleaved import time_interleaved
 from vitslim.evaluate.latency import DEFAULT_MAX_SECONDS, Latency, latency_of, resolve_threads
+from vitslim.evaluate.speedup import MIN_ROUNDS
 from vitslim.runtimes import RUNTIMES, Deployed
 
 __all__ = ["time_variants"]
 
-#: calls per round at batch 1 (larger batches: one)
+#: calls per round at batch 1 when ``runs`` allow :data:`MIN_ROUNDS` rounds of them (larger batches: one)
 CALLS_AT_BATCH_1 = 3
+#: idle seconds before each runner's calls in a round (other runtimes' worker threads stop spinning)
+PAUSE = 0.2
+
+
+def rounds_of(runs: int, batch: int) -> tuple[int, int]:
+    """``(rounds, calls per round)`` for ``runs`` timed calls per runner: as many rounds as can be,
+    at least :data:`MIN_ROUNDS` (so a speed-up can be judged) once ``runs`` allows it."""
+    calls = 1 if batch > 1 else max(1, min(CALLS_AT_BATCH_1, runs // MIN_ROUNDS))
+    return math.ceil(runs / calls), calls
 
 
 def time_variants(
@@ -33,7 +43,8 @@ def time_variants(
 ) -> dict[str, list[Latency]]:
     """Per variant name, its latency in each of ``runtimes`` (in that order; a runtime's extra modes
     after its deployed one) at each batch size: ``runs`` timed calls per (variant, runtime) after
-    ``warmup`` (fewer once ``max_seconds`` per call site have passed, but at least five rounds)."""
+    ``warmup`` (:func:`rounds_of`; fewer once ``max_seconds`` per call site have passed, but at
+    least :data:`MIN_ROUNDS` rounds)."""
     threads = resolve_threads(threads)
     order = {runtime: i for i, runtime in enumerate(runtimes)}
     entries: dict[str, dict[tuple, Latency]] = {d.name: {} for d in deployed}
@@ -43,12 +54,13 @@ def time_variants(
             for runtime in runtimes:
                 for mode, timed in RUNTIMES[runtime].timers(d, batch, threads).items():
                     sites[(d.name, runtime, mode)] = timed
-        calls = CALLS_AT_BATCH_1 if batch == 1 else 1
+        rounds, calls = rounds_of(runs, batch)
         times = time_interleaved(
             {key: timed.call for key, timed in sites.items()},
-            rounds=math.ceil(runs / calls),
+            rounds=rounds,
             calls=calls,
             warmup=warmup,
+            pause=PAUSE if rounds >= MIN_ROUNDS else 0.0,  # too few rounds to judge: no need to settle
             progress=progress,
             max_seconds=max_seconds * len(sites),
         )

@@ -9,6 +9,7 @@ stages before it have run (each stage family's ``calibrates`` and ``check``, :mo
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,8 @@ import torch
 from vitslim import stages as stage_table
 from vitslim.errors import UserError
 from vitslim.models import LoadedModel
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from vitslim.pipeline.context import StageContext
@@ -55,3 +58,7 @@ def preflight(
         for family, config in families:
             if family.check is not None:
                 family.check(loaded.model, config)
+    for family, config in families:
+        caution = None if family.caution is None else family.caution(config, ctx)
+        if caution:
+            log.warning("%s", caution)

@@ -17,8 +17,6 @@ from vitslim import stages as stage_table
 from vitslim.evaluate.data import load_eval_data, shard_eval_data
 from vitslim.evaluate.device import resolve_device
 from vitslim.evaluate.environment import int8_saturates
-from vitslim.evaluate.latency import DEFAULT_RUNS, DEFAULT_WARMUP
-from vitslim.executors import Executor
 from vitslim.export.manifest import write_manifest
 from vitslim.export.validate import ValidateStage
 from vitslim.files import staged_output_dir
@@ -27,6 +25,7 @@ from vitslim.pipeline.context import StageContext
 from vitslim.pipeline.judge import validate_variant
 from vitslim.pipeline.latency import time_variants
 from vitslim.pipeline.measure import Measured, MeasureSettings, measure_variant, report_header
+from vitslim.pipeline.options import Evaluation, Timing
 from vitslim.pipeline.preflight import preflight
 from vitslim.pipeline.variants import FP32, Variant, build_variants
 from vitslim.recipes import Recipe
@@ -34,10 +33,9 @@ from vitslim.report import write_report
 from vitslim.report.schema import Report, build_report
 from vitslim.runtimes import Deployed
 
-__all__ = ["EVAL_BATCH_SIZE", "compress", "fp32_report", "run_recipe", "write_compress_manifest"]
+__all__ = ["compress", "fp32_report", "run_recipe", "write_compress_manifest"]
 
 log = logging.getLogger(__name__)
-EVAL_BATCH_SIZE = 32
 
 
 def _stage_entries(variant: dict, built: Variant, out_dir: Path) -> None:
@@ -179,51 +177,35 @@ def compress(
     recipe: Recipe,
     out: str | Path,
     *,
-    data: str | None = None,
-    calib: str | None = None,
-    limit: int | None = None,
-    seed: int = 0,
-    eval_batch_size: int = EVAL_BATCH_SIZE,
-    threads: int = 0,
-    batch_sizes: Sequence[int] = (1, 16),
-    warmup: int = DEFAULT_WARMUP,
-    runs: int = DEFAULT_RUNS,
+    evaluation: Evaluation | None = None,
+    timing: Timing | None = None,
+    device: str = "cpu",
+    alone: Sequence[str] = (),
+    target: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
     command: str = "",
-    device: str = "cpu",
-    alone: Sequence[str] = (),
-    runtimes: Sequence[str] = ("pytorch", "onnxruntime"),
-    target: str | None = None,
-    executor: Executor | None = None,
-    workers: int = 0,
-    output: str = "logits",
 ) -> dict:
     """Run ``recipe`` on ``loaded`` and write report.json, report.md, report.html, manifest.json and
     one ONNX model per variant into ``out`` (``model_<variant>.failed.onnx`` when it failed the
     ``validate`` stage; the report's ``validation_failures`` says why). The folder appears only
-    when the run finished; an existing non-empty ``out`` is refused unless ``overwrite``. ``data``
-    and ``calib`` default to the model's own evaluation and calibration data (the demo's
-    Fashion-MNIST test and train splits). ``device`` (``cpu``, ``cuda[:N]``, ``auto``) is where
-    PyTorch calibrates, evaluates and is timed (``loaded.model`` is moved there); ONNX Runtime
-    uses its CUDA provider there when installed. ``alone``: stages (after the recipe's first) also
-    applied alone to the uncompressed model and measured (variants ``<stage>-alone``, after fp32).
-    ``runtimes``: whose latency is measured (``pytorch``, ``onnxruntime``, ``openvino``: the latter
-    also writes and evaluates every variant as OpenVINO IR). ``target`` (``cpu``, ``gpu``): drop the
-    recipe's stages that cannot pay there (:meth:`Recipe.for_target`), said in the report.
-    ``executor`` (e.g. a :class:`~vitslim.executors.RayExecutor`): PyTorch and ONNX Runtime
-    evaluations run in ``workers`` shards on it (0: as many as it has room for), merged exactly.
-    ``output``: what every variant outputs and is exported with (``logits``: the model's own output;
-    ``pooled``, ``patch``, ``both``: :mod:`vitslim.models.features`), feature fidelity measured on it.
-    Returns the report dict."""
+    when the run finished; an existing non-empty ``out`` is refused unless ``overwrite``.
+    ``evaluation``: the data every variant is evaluated and calibrated on; ``timing``: how latency
+    is measured (:mod:`vitslim.pipeline.options`; None: the defaults). ``device`` (``cpu``, ``cuda[:N]``, ``auto``) is
+    where PyTorch calibrates, evaluates and is timed (``loaded.model`` is moved there); ONNX
+    Runtime uses its CUDA provider there when installed. ``alone``: stages (after the recipe's
+    first) also applied alone to the uncompressed model and measured (variants
+    ``<stage>-alone``, after fp32). ``target`` (``cpu``, ``gpu``): drop the recipe's stages that
+    cannot pay there (:meth:`Recipe.for_target`), said in the report. Returns the report dict."""
     torch_device = resolve_device(device)
     dropped: dict[str, str] = {}
     if target is not None:
         recipe, dropped = recipe.for_target(target)
+    ev, timing = evaluation or Evaluation(), timing or Timing()
     with staged_output_dir(out, overwrite=overwrite) as staging:
-        eval_data = load_eval_data(loaded, data, limit, seed, eval_batch_size)
-        if executor is not None:
-            shard_eval_data(eval_data, executor, workers or executor.capacity(), executor.cpus)
+        eval_data = load_eval_data(loaded, ev.data, ev.limit, ev.seed, ev.batch_size)
+        if ev.executor is not None:
+            shard_eval_data(eval_data, ev.executor, ev.workers or ev.executor.capacity(), ev.executor.cpus)
         log.info(
             "%s, recipe %s on %s: %d images of %s",
             loaded.name,
@@ -237,19 +219,19 @@ def compress(
         settings = MeasureSettings(
             data=eval_data,
             out_dir=staging,
-            threads=threads,
-            batch_sizes=list(batch_sizes),
+            threads=timing.threads,
+            batch_sizes=list(timing.batch_sizes),
             progress=progress,
-            warmup=warmup,
-            runs=runs,
+            warmup=timing.warmup,
+            runs=timing.runs,
             device=torch_device,
-            runtimes=tuple(runtimes),
-            output=output,
+            runtimes=tuple(timing.runtimes),
+            output=ev.output,
         )
         # a GPU target runs TensorRT, whose int8 kernels do not saturate: this CPU's do not matter
         saturates = target != "gpu" and int8_saturates()
         ctx = StageContext(
-            loaded, calib=calib, seed=seed, progress=progress, batch_size=eval_batch_size, int8_saturates=saturates
+            loaded, calib=ev.calib, seed=ev.seed, progress=progress, batch_size=ev.batch_size, int8_saturates=saturates
         )
         preflight(loaded, recipe, next(iter(eval_data.batches))[0], eval_data.name, ctx)
         report = run_recipe(loaded, recipe, settings, ctx, command, alone=alone, target=target, dropped=dropped)

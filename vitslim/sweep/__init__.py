@@ -97,14 +97,14 @@ def run_sweep(
     _claim_folder(out, fingerprint, overwrite)
     jobs = [
         SweepJob(
-            loaded,
-            c,
-            settings.data,
-            settings.calib,
-            settings.limit,
-            settings.seed,
-            settings.batch_size,
-            settings.task_threads,
+            loaded=loaded,
+            candidate=c,
+            data=settings.data,
+            calib=settings.calib,
+            limit=settings.limit,
+            seed=settings.seed,
+            batch_size=settings.batch_size,
+            threads=settings.task_threads,
         )
         for c in candidates
     ]

@@ -49,7 +49,7 @@ class SweepJob:
 def compress_candidate(job: SweepJob) -> dict[str, bytes]:
     """Worker side: ``vitslim compress`` of one candidate (no timing) in a temporary folder; returns
     every file it wrote, by name."""
-    from vitslim.pipeline import compress
+    from vitslim.pipeline import Evaluation, Timing, compress
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / job.candidate.name
@@ -57,13 +57,10 @@ def compress_candidate(job: SweepJob) -> dict[str, bytes]:
             job.loaded,
             job.candidate.recipe,
             out,
-            data=job.data,
-            calib=job.calib,
-            limit=job.limit,
-            seed=job.seed,
-            eval_batch_size=job.batch_size,
-            threads=job.threads,
-            runtimes=(),
+            evaluation=Evaluation(
+                data=job.data, calib=job.calib, limit=job.limit, seed=job.seed, batch_size=job.batch_size
+            ),
+            timing=Timing(runtimes=(), threads=job.threads),
             progress=False,
             command=f"vitslim sweep: candidate {job.candidate.name}",
         )

@@ -38,7 +38,18 @@ from .report import QuantEntries, quant_figures, quant_section
 from .search import OBJECTIVES, SEARCHES
 from .sites import find_sites
 
-__all__ = ["QuantStage", "STAGE", "apply", "calibrates", "check", "quant_summary", "measure", "summarize", "notes"]
+__all__ = [
+    "QuantStage",
+    "STAGE",
+    "apply",
+    "calibrates",
+    "check",
+    "caution",
+    "quant_summary",
+    "measure",
+    "summarize",
+    "notes",
+]
 
 STAGE_KEYS = (
     "preset",
@@ -200,6 +211,20 @@ def check(model: nn.Module, stage: QuantStage) -> None:
     stage.config.resolve(find_sites(model))
 
 
+def caution(stage: QuantStage, calibration: Calibration) -> str | None:
+    """On a deployment CPU without VNNI: int8 kernels rarely beat fp32 there (``bench_cpu.py`` on a
+    2-core AVX2-only EPYC, 2026-12: ONNX Runtime W8A8 0.90x of fp32 at batch 1, OpenVINO int8
+    0.46-0.65x)."""
+    if not calibration.int8_saturates:
+        return None
+    return (
+        "this CPU has no VNNI (no avx512_vnni, avx_vnni or amx_int8): int8 kernels rarely beat fp32 here "
+        "(on an AVX2-only EPYC, ONNX Runtime's W8A8 ran at 0.90x and OpenVINO's int8 at 0.46-0.65x of fp32's "
+        "speed, batch 1); "
+        "the report's summary says whether this run's int8 file is faster, within noise or slower"
+    )
+
+
 def measure(model: nn.Module) -> dict[str, Any]:
     """``quantization``: every variant's :func:`quant_summary`."""
     return {"quantization": quant_summary(model)}
@@ -227,6 +252,7 @@ STAGE = Family(
     apply=apply,
     calibrates=calibrates,
     check=check,
+    caution=caution,
     measure=measure,
     summarize=summarize,
     notes=notes,
