@@ -203,11 +203,11 @@ def test_reports_open_with_a_summary() -> None:
     )
     lines = render_markdown(report).splitlines()
     assert lines[:3] == ["# vitslim report: demo", "", "## Summary"]
-    assert "| fp32 | 90.00% | 1.00x (b1) | 2.0 MB | n/a | ONNX Runtime cpu, fp32 |" in lines
+    assert "| fp32 | 90.00% | baseline | 2.0 MB | n/a | ONNX Runtime cpu, fp32 |" in lines
     quant = "| quant | 88.00% (-2.00 pt) | {} | 0.5 MB (0.25x) | FAILED (ONNX) | {} |"
-    assert quant.format("2.00x (b1)", "ONNX Runtime cpu, int8 Q/DQ") in lines
+    assert quant.format("2.00x (b1, not judged)", "ONNX Runtime cpu, int8 Q/DQ") in lines  # no rounds recorded
     report["variants"][1]["latency"] = report["variants"][1]["latency"][:1]  # timed in PyTorch only
-    assert quant.format("0.83x (b1)", "PyTorch cpu, fake-quantized") in render_markdown(report).splitlines()
+    assert quant.format("0.83x (b1, not judged)", "PyTorch cpu, fake-quantized") in render_markdown(report).splitlines()
 
 
 def test_build_report_checks_the_contract() -> None:

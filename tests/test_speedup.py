@@ -50,7 +50,8 @@ def test_too_few_rounds_the_same_graph_and_old_reports_are_never_claimed() -> No
     assert speedup(entry(base), entry(fast)).verdict == "not judged"
     base, fast = drifting(0, 0.5)
     assert speedup(entry(base), entry(fast), same_graph=True).verdict == "same graph"
-    assert speedup({"p50_ms": 20.0}, {"p50_ms": 10.0}).verdict == "not judged"
+    assert speedup({"p50_ms": 20.0}, {"p50_ms": 10.0}).text(1) == "2.00x (b1, not judged)"
+    assert "fewer than 5 rounds: not judged" in speedup(entry(base[:2]), entry(fast[:2])).text(1)
     assert "within noise: 0.90-1.10x" in speedup(entry([10, 11, 9, 10, 10]), entry([10, 10, 10, 10, 10])).text(1)
 
 

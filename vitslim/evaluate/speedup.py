@@ -46,7 +46,7 @@ class Speedup:
             SLOWER: ", slower",
             NOISE: f", within noise: {self.low:.2f}-{self.high:.2f}x" if self.low is not None else ", within noise",
             SAME_GRAPH: ", same graph as fp32: noise",
-            UNJUDGED: f", fewer than {MIN_ROUNDS} rounds: not judged",
+            UNJUDGED: f", fewer than {MIN_ROUNDS} rounds: not judged" if self.low is not None else ", not judged",
         }
         return f"{self.ratio:.2f}x (b{batch}{notes[self.verdict]})"
 

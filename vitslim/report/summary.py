@@ -104,7 +104,7 @@ def summary_rows(report: dict[str, Any]) -> tuple[str | None, list[list[str]]]:
         size = fmt_mb(v["size_bytes"])
         if v is not fp32 and v["size_bytes"] and fp32["size_bytes"]:
             size += f" ({v['size_bytes'] / fp32['size_bytes']:.2f}x)"
-        speed = "n/a" if runtime is None else _speedup(v, fp32, runtime, settings)
+        speed = "n/a" if runtime is None else "baseline" if v is fp32 else _speedup(v, fp32, runtime, settings)
         ran = "n/a" if runtime is None else _precision(v, runtime)
         rows.append([v["name"], _accuracy(v, fp32), speed, size, _verdict(v), ran])
     return runtime, rows
