@@ -183,8 +183,8 @@ def bench(
     from vitslim.evaluate.environment import environment
     from vitslim.evaluate.latency import latency_table
     from vitslim.export.onnx_export import export_onnx
-    from vitslim.pipeline.latency import time_variants
     from vitslim.runtimes import RUNTIMES, Deployed
+    from vitslim.runtimes.timing import time_variants
 
     runtimes = runtimes_of(runtime)
     with tempfile.TemporaryDirectory() as tmp:
@@ -199,6 +199,41 @@ def bench(
     for line in latency_table(results):
         click.echo(line)
     emit({"model": loaded.name, "environment": env, "latency": [r.to_dict() for r in results]}, json_path)
+
+
+@cli.command()
+@model_options
+@batch_sizes_option
+@threads_option
+@runtime_option("all", files=True, with_all=True)
+@click.option("--runs", type=click.IntRange(min=1), default=15, show_default=True, help="Timed calls per graph.")
+@json_option
+def probe(
+    loaded: LoadedModel, batch_sizes: list[int], threads: int, runtime: str, runs: int, json_path: Path | None
+) -> None:
+    """What pays on this machine, in seconds: int8 against float for the model's Linear and attention
+    shapes (and OpenVINO's bf16 against f32), per runtime and batch size, timed side by side."""
+    from dataclasses import asdict
+
+    from vitslim.evaluate.environment import environment
+    from vitslim.runtimes.probe import probe as run_probe
+    from vitslim.runtimes.probe import probe_shape
+
+    runtimes = runtimes_of(runtime, files=True)
+    shape = probe_shape(loaded.model, loaded.input_size)
+    rows = run_probe(shape, runtimes, batch_sizes, threads, runs, progress=show_progress())
+    env = environment()
+    click.echo(f"{loaded.name} on {env['cpu']} ({env['logical_cores']} logical cores; {' '.join(env['cpu_flags'])})")
+    click.echo(f"shapes: {shape.tokens} tokens x {shape.dim} (MLP {shape.hidden}), {shape.heads} heads")
+    for row in rows:
+        low, high = row["round_range"]
+        spread = "" if low is None else f" (rounds {low:.2f}-{high:.2f}x)"
+        click.echo(
+            f"  {row['runtime']:>11} {row['layer']:>9} b{row['batch']:<3} {row['precision']:>5} "
+            f"vs {row['against']:<18} {row['base_p50_ms']:8.3f} -> {row['p50_ms']:8.3f} ms  {row['speedup']:.2f}x{spread}: "
+            f"{'pays' if row['pays'] else row['verdict']}"
+        )
+    emit({"model": loaded.name, "environment": env, "shape": asdict(shape), "probe": rows}, json_path)
 
 
 @cli.command()

@@ -144,42 +144,46 @@ class RuntimeChoice(click.Choice):
     """``--runtime``'s choices, read from the runtime registry whenever they are needed, so a runtime
     registered after the CLI was built is offered too."""
 
-    def __init__(self, files: bool) -> None:
-        self.files = files
+    def __init__(self, files: bool, with_all: bool) -> None:
+        self.files, self.with_all = files, with_all
         super().__init__(self.choices)
 
     @property  # type: ignore[override]
     def choices(self) -> list[str]:
-        from vitslim.runtimes import runtime_choices
+        from vitslim.runtimes import ALL, runtime_choices
 
-        return runtime_choices(files=self.files)
+        names = runtime_choices(files=self.files)
+        return [*names, ALL] if self.with_all and ALL not in names else names
 
     @choices.setter
     def choices(self, _value: object) -> None:
         """Set by click's constructor: the registry is the source."""
 
 
-def runtime_option(default: str, *, files: bool = False) -> Callable[[Callable], Callable]:
+def runtime_option(default: str, *, files: bool = False, with_all: bool = False) -> Callable[[Callable], Callable]:
     """--runtime, its choices read from the runtime registry (``files``: only runtimes that run an
-    exported file, no ``all``)."""
+    exported file, no ``all`` unless ``with_all``)."""
     help_all = (
         "Runtime(s) whose latency is measured (a quantized model runs as fake quantization in PyTorch, not as it "
         "deploys); openvino also writes and evaluates each model as OpenVINO IR; all: every installed runtime."
     )
     return click.option(
         "--runtime",
-        type=RuntimeChoice(files),
+        type=RuntimeChoice(files, with_all),
         default=default,
         show_default=True,
-        help="Runtime that runs the exported file." if files else help_all,
+        help=("Runtime(s) that run the exported files." if with_all else "Runtime that runs the exported file.")
+        if files
+        else help_all,
     )
 
 
-def runtimes_of(runtime: str) -> tuple[str, ...]:
-    """The runtimes ``--runtime`` names (``all``: the installed ones); a missing one is a UserError."""
-    from vitslim.runtimes import resolve_runtimes
+def runtimes_of(runtime: str, *, files: bool = False) -> tuple[str, ...]:
+    """The runtimes ``--runtime`` names (``all``: the installed ones, ``files``: of those that run
+    files); a missing one is a UserError."""
+    from vitslim.runtimes import RUNTIMES, resolve_runtimes
 
-    return resolve_runtimes(runtime)
+    return tuple(r for r in resolve_runtimes(runtime) if not (files and RUNTIMES[r].runs_model))
 
 
 def _parse_stages(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, ...]:

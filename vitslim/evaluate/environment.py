@@ -71,9 +71,12 @@ def package_versions() -> dict[str, str | None]:
 
 
 def environment() -> dict:
-    """CPU, cores, OS, Python, library versions, ONNX Runtime providers and CUDA availability."""
+    """CPU (its ISA flags), cores, OS, Python, library versions, the installed runtimes, ONNX Runtime
+    providers and CUDA availability."""
     import onnxruntime
     import torch
+
+    from vitslim.runtimes import RUNTIMES
 
     return {
         "cpu": cpu_model(),
@@ -84,6 +87,7 @@ def environment() -> dict:
         "os": platform.platform(),
         "python": sys.version.split()[0],
         "packages": package_versions(),
+        "runtimes": [r.name for r in RUNTIMES if r.available()],
         "onnxruntime_providers": onnxruntime.get_available_providers(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }

@@ -7,7 +7,7 @@
    (:mod:`vitslim.export.variant`) checked in ONNX Runtime, every measured runtime's artifact
    prepared and checked (:mod:`vitslim.runtimes`);
 4. :mod:`~vitslim.pipeline.judge`: the ``validate`` stage's verdict on every file;
-5. :mod:`~vitslim.pipeline.latency`: all variants in all runtimes timed interleaved;
+5. :mod:`vitslim.runtimes.timing`: all variants in all runtimes timed interleaved;
 6. :mod:`~vitslim.pipeline.run`: the report (the ``export`` stage's engine, the families' notes)
    and the manifest, written into a folder that appears only when the run finished.
 """

@@ -1,6 +1,6 @@
 """Measuring one variant of a run: its PyTorch scores, its export checked in ONNX Runtime, and the
 artifact of every other measured runtime prepared and checked (latency is timed later, for all
-variants together: :mod:`vitslim.pipeline.latency`)."""
+variants together: :mod:`vitslim.runtimes.timing`)."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ class MeasureSettings:
 @dataclass
 class Measured:
     """A measured variant: its report entry (latency still to come), its PyTorch outputs (what the
-    run's ``output`` is) and what the runtimes time (:mod:`vitslim.pipeline.latency`)."""
+    run's ``output`` is) and what the runtimes time (:mod:`vitslim.runtimes.timing`)."""
 
     variant: dict[str, Any]
     outputs: Outputs

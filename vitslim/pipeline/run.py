@@ -23,7 +23,6 @@ from vitslim.files import staged_output_dir
 from vitslim.models import LoadedModel
 from vitslim.pipeline.context import StageContext
 from vitslim.pipeline.judge import validate_variant
-from vitslim.pipeline.latency import time_variants
 from vitslim.pipeline.measure import Measured, MeasureSettings, measure_variant, report_header
 from vitslim.pipeline.options import Evaluation, Timing
 from vitslim.pipeline.preflight import preflight
@@ -32,6 +31,7 @@ from vitslim.recipes import Recipe
 from vitslim.report import write_report
 from vitslim.report.schema import Report, build_report
 from vitslim.runtimes import Deployed
+from vitslim.runtimes.timing import time_variants
 
 __all__ = ["compress", "fp32_report", "run_recipe", "write_compress_manifest"]
 
