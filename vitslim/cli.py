@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -230,8 +231,8 @@ def probe(
         spread = "" if low is None else f" (rounds {low:.2f}-{high:.2f}x)"
         click.echo(
             f"  {row['runtime']:>11} {row['layer']:>9} b{row['batch']:<3} {row['precision']:>5} "
-            f"vs {row['against']:<18} {row['base_p50_ms']:8.3f} -> {row['p50_ms']:8.3f} ms  {row['speedup']:.2f}x{spread}: "
-            f"{'pays' if row['pays'] else row['verdict']}"
+            f"vs {row['against']:<18} {row['base_p50_ms']:8.3f} -> {row['p50_ms']:8.3f} ms  "
+            f"{row['speedup']:.2f}x{spread}: {'pays' if row['pays'] else row['verdict']}"
         )
     emit({"model": loaded.name, "environment": env, "shape": asdict(shape), "probe": rows}, json_path)
 
@@ -373,20 +374,27 @@ def demo(out_dir: Path, runtime: str, json_path: Path | None, **options: Any) ->
 @target_option
 @output_option
 @executor_options
+@click.option(
+    "--max-drop",
+    type=click.FloatRange(min=0),
+    help="With --recipe auto: the top-1 points (agreement for unlabelled data) the result may lose against fp32.",
+)
 @json_option
 def compress(
     loaded: LoadedModel,
-    recipe: Recipe,
+    recipe: Recipe | str,
     out_dir: Path,
     batch_size: int,
     runtime: str,
     executor: str,
     ray_address: str | None,
     workers: int,
+    max_drop: float | None,
     json_path: Path | None,
     **options: Any,
 ) -> None:
-    """Apply a recipe's stages and measure fp32 and each cumulative stage (accuracy, fidelity, ONNX, latency)."""
+    """Apply a recipe's stages and measure fp32 and each cumulative stage (accuracy, fidelity, ONNX, latency).
+    --recipe auto --max-drop P: the fastest candidate for this machine within P points (probe, then a sweep)."""
     pool = executor_of(executor, ray_address)
     try:
         _compress_and_report(
@@ -398,6 +406,7 @@ def compress(
             batch_size=batch_size,
             executor=pool,
             workers=workers,
+            max_drop=max_drop,
             **options,
         )
     finally:
@@ -406,16 +415,28 @@ def compress(
 
 
 def _compress_and_report(
-    loaded: LoadedModel, recipe: Recipe, out_dir: Path, json_path: Path | None, runtime: str, **options: Any
+    loaded: LoadedModel,
+    recipe: Recipe | str,
+    out_dir: Path,
+    json_path: Path | None,
+    runtime: str,
+    max_drop: float | None = None,
+    **options: Any,
 ) -> None:
     """Run the compress pipeline (progress bars unless --quiet, this command line recorded) with the
-    command's ``options``, print the report and what was written; exit 4 when an export failed validation."""
+    command's ``options`` (``recipe`` ``auto``: chosen first, :mod:`vitslim.pipeline.auto`), print
+    the report and what was written; exit 4 when an export failed validation."""
     from vitslim.pipeline import compress as run_compress
     from vitslim.pipeline import split_options
     from vitslim.report.markdown import render_markdown
     from vitslim.report.summary import slower_than_fp32
 
     evaluation, timing, rest = split_options({**options, "runtimes": runtimes_of(runtime)})
+    if max_drop is not None and recipe != "auto":
+        raise UserError("--max-drop goes with --recipe auto")
+    extra: dict[str, Any] = {}
+    if recipe == "auto":
+        recipe, extra = _auto_recipe(loaded, evaluation, timing, max_drop, out_dir, rest.get("overwrite", False))
     report = run_compress(
         loaded,
         recipe,
@@ -425,6 +446,7 @@ def _compress_and_report(
         progress=show_progress(),
         command=command_line(),
         **rest,
+        **extra,
     )
     click.echo(render_markdown(report))
     onnx_files = ", ".join(v["onnx"]["file"] for v in report["variants"])
@@ -436,6 +458,29 @@ def _compress_and_report(
         for failure in report["validation_failures"]:
             click.echo(f"error: {failure}", err=True)
         sys.exit(VALIDATION_FAILED)
+
+
+def _auto_recipe(
+    loaded: LoadedModel, evaluation: Any, timing: Any, max_drop: float | None, out_dir: Path, overwrite: bool
+) -> tuple[Recipe, dict[str, Any]]:
+    """``--recipe auto``: the chosen recipe, and what compress adds to its report and folder (the
+    notes, recipe.yaml, the sweep's report under auto/)."""
+    import yaml
+
+    from vitslim.files import check_output_dir
+    from vitslim.pipeline.auto import choose_recipe
+
+    if max_drop is None:
+        raise UserError("--recipe auto needs --max-drop (the top-1 points the result may lose against fp32)")
+    check_output_dir(out_dir, overwrite)
+    workdir = out_dir.parent / f".{out_dir.name}.auto"
+    try:
+        choice = choose_recipe(loaded, evaluation, timing, max_drop, workdir, show_progress())
+        files = {"recipe.yaml": yaml.safe_dump(choice.recipe.to_dict(), sort_keys=False).encode()}
+        files |= {f"auto/{p.name}": p.read_bytes() for p in sorted(workdir.glob("sweep.*"))}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return choice.recipe, {"notes": choice.notes, "files": files}
 
 
 @cli.command()

@@ -256,10 +256,13 @@ def command_line() -> str:
     return "vitslim " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
 
 
-def _load_recipe(ctx: click.Context, param: click.Parameter, value: str | None) -> Recipe | None:
-    """Load and validate --recipe while parsing, before the (slow) model load."""
+def _load_recipe(ctx: click.Context, param: click.Parameter, value: str | None) -> Recipe | str | None:
+    """Load and validate --recipe while parsing, before the (slow) model load (``auto`` where the
+    command allows it stays the string)."""
     from vitslim.recipes import load_recipe
 
+    if value == "auto" and "max_drop" in {p.name for p in ctx.command.params}:
+        return value
     return None if value is None else load_recipe(value)
 
 

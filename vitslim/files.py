@@ -54,6 +54,16 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
+def check_output_dir(out: str | Path, overwrite: bool = False) -> Path:
+    """``out`` resolved, when it can become an output folder: absent, empty, or ``overwrite``."""
+    out = Path(out).resolve()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"--out {out} already exists and is not empty; choose another folder or pass --overwrite")
+    return out
+
+
 @contextmanager
 def staged_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a hidden staging folder beside ``out``; on success it becomes ``out``.
@@ -61,11 +71,7 @@ def staged_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path
     On any failure (or Ctrl-C) the staging folder is removed and ``out`` is untouched. An
     existing non-empty ``out`` is refused unless ``overwrite`` is true.
     """
-    out = Path(out).resolve()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"--out {out} already exists and is not empty; choose another folder or pass --overwrite")
+    out = check_output_dir(out, overwrite)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))

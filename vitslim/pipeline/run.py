@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from vitslim.evaluate.device import resolve_device
 from vitslim.evaluate.environment import int8_saturates
 from vitslim.export.manifest import write_manifest
 from vitslim.export.validate import ValidateStage
-from vitslim.files import staged_output_dir
+from vitslim.files import ensure_parent_dir, staged_output_dir
 from vitslim.models import LoadedModel
 from vitslim.pipeline.context import StageContext
 from vitslim.pipeline.judge import validate_variant
@@ -185,6 +185,8 @@ def compress(
     overwrite: bool = False,
     progress: bool = True,
     command: str = "",
+    notes: Sequence[str] = (),
+    files: Mapping[str, bytes] | None = None,
 ) -> dict:
     """Run ``recipe`` on ``loaded`` and write report.json, report.md, report.html, manifest.json and
     one ONNX model per variant into ``out`` (``model_<variant>.failed.onnx`` when it failed the
@@ -196,7 +198,9 @@ def compress(
     Runtime uses its CUDA provider there when installed. ``alone``: stages (after the recipe's
     first) also applied alone to the uncompressed model and measured (variants
     ``<stage>-alone``, after fp32). ``target`` (``cpu``, ``gpu``): drop the recipe's stages that
-    cannot pay there (:meth:`Recipe.for_target`), said in the report. Returns the report dict."""
+    cannot pay there (:meth:`Recipe.for_target`), said in the report. ``notes``: added to the
+    report's; ``files``: more files to write into ``out`` (relative path: content), e.g. what
+    chose the recipe. Returns the report dict."""
     torch_device = resolve_device(device)
     dropped: dict[str, str] = {}
     if target is not None:
@@ -235,6 +239,9 @@ def compress(
         )
         preflight(loaded, recipe, next(iter(eval_data.batches))[0], eval_data.name, ctx)
         report = run_recipe(loaded, recipe, settings, ctx, command, alone=alone, target=target, dropped=dropped)
+        report["notes"] = [*notes, *report["notes"]]
+        for name, content in (files or {}).items():
+            ensure_parent_dir(staging / name).write_bytes(content)
         write_report(staging, report)
         write_compress_manifest(staging, report)
     return report

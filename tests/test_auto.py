@@ -1,0 +1,76 @@
+"""``--recipe auto``: the probe decides which recipes are candidates, the sweep times them side by
+side, the fastest within --max-drop is compressed and its recipe saved beside the report."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import assert_user_error, run_cli, tiny
+from vitslim.pipeline import auto
+from vitslim.recipes import load_recipe
+from vitslim.runtimes import RUNTIMES, Deployed, Runtime, Timed
+
+
+class Metronome(Runtime):
+    """A toy runtime whose int8 files and graphs run fastest: Q/DQ 1 ms, token-merged 3 ms, the rest 5 ms
+    (``int8``: whether the probe's int8 Linear graph is faster too)."""
+
+    name = "metronome"
+    title = "Metronome"
+
+    def __init__(self, int8: bool) -> None:
+        self.int8 = int8
+
+    def timers(self, deployed: Deployed, batch: int, threads: int) -> dict[str, Timed]:
+        name = deployed.name
+        if name.startswith("linear"):
+            seconds = 0.001 if name.endswith("int8") == self.int8 else 0.005
+        else:
+            seconds = {"model_quant": 0.001, "model_tokens": 0.003}.get(name, 0.005)
+        return {"": Timed(lambda: time.sleep(seconds), "beat")}
+
+
+@pytest.fixture
+def two_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(auto, "TOKEN_RECIPES", ("tome-r8",))
+    monkeypatch.setattr(auto, "INT8_RECIPES", ("w8a8",))
+
+
+@pytest.mark.parametrize(("int8", "chosen"), [(True, "w8a8"), (False, "tome-r8")])
+def test_auto_compresses_the_fastest_candidate_the_probe_allows(
+    two_candidates, tmp_path: Path, image_folder: Path, int8: bool, chosen: str
+) -> None:
+    out = tmp_path / "out"
+    timing = ["--runs", "5", "--warmup", "0", "--batch-sizes", "1", "--threads", "1", "--runtime", "metronome"]
+    data = ["--data", str(image_folder), "--calib", str(image_folder)]
+    with RUNTIMES.registered(Metronome.name, Metronome(int8)):
+        result = run_cli(
+            "compress", *tiny(), "--recipe", "auto", "--max-drop", "100", *data, *timing, "--out", str(out)
+        )
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((out / "recipe.yaml").read_text()) == load_recipe(chosen).to_dict()
+    report = json.loads((out / "report.json").read_text())
+    assert report["recipe"]["name"] == chosen
+    decided, *lost = [n for n in report["notes"] if "auto" in n]
+    pays = "int8 Linears are faster" if int8 else "int8 Linears are not measurably faster"
+    assert pays in decided and f"{chosen} is the fastest at batch 1" in decided
+    assert [n.split(" (")[0] for n in lost] == (["auto: tome-r8 lost: slower at batch 1"] if int8 else [])
+    sweep = json.loads((out / "auto" / "sweep.json").read_text())
+    assert sweep["summary"]["best"] == chosen and (out / "auto" / "sweep.md").is_file()
+    assert not any(p.name.startswith(".out.auto") for p in tmp_path.iterdir())
+
+
+def test_auto_needs_a_bound_and_a_runtime_that_runs_files(tmp_path: Path) -> None:
+    out = ["--out", str(tmp_path / "o")]
+    assert_user_error(run_cli("compress", *tiny(), "--recipe", "auto", *out), "--recipe auto needs --max-drop")
+    assert_user_error(
+        run_cli("compress", *tiny(), "--recipe", "tome-r8", "--max-drop", "1", *out), "--max-drop goes with"
+    )
+    result = run_cli("compress", *tiny(), "--recipe", "auto", "--max-drop", "1", "--runtime", "pytorch", *out)
+    assert_user_error(result, "needs a runtime that runs exported files")
+    assert not (tmp_path / "o").exists()
