@@ -10,8 +10,10 @@ import torch
 from tests.helpers import tiny_vit
 from vitslim.evaluate.accuracy import Outputs, collect_outputs, fidelity, topk_accuracy, torch_runner
 from vitslim.evaluate.environment import environment
-from vitslim.evaluate.latency import bench_ort, bench_torch, time_calls
+from vitslim.evaluate.latency import time_calls
 from vitslim.export.onnx_export import export_onnx
+from vitslim.runtimes import Deployed
+from vitslim.runtimes.timing import rounds_of, time_variants
 
 
 def test_topk_accuracy_on_known_logits() -> None:
@@ -56,19 +58,25 @@ def test_time_calls_stops_at_time_budget_but_keeps_minimum_runs() -> None:
     assert result.runs == 5
 
 
-def test_bench_torch_and_ort_on_tiny_vit(tmp_path) -> None:
+def test_time_variants_times_every_runtime_interleaved(tmp_path) -> None:
     model = tiny_vit()
     path = export_onnx(model, tmp_path / "m.onnx", (3, 32, 32))
-    timing = dict(warmup=1, runs=3)
-    results = bench_torch(model, (3, 32, 32), [1, 4], threads=1, progress=False, **timing)
-    results += bench_ort(str(path), (3, 32, 32), [1, 4], threads=1, progress=False, **timing)
-    assert [(r.runtime, r.batch, r.threads, r.runs) for r in results] == [
-        ("pytorch", 1, 1, 3),
-        ("pytorch", 4, 1, 3),
-        ("onnxruntime", 1, 1, 3),
-        ("onnxruntime", 4, 1, 3),
+    deployed = Deployed("tiny", model, path, (3, 32, 32), torch.device("cpu"), baseline=True)
+    (results,) = time_variants([deployed], ["pytorch", "onnxruntime"], [1, 4], 1, warmup=1, runs=3).values()
+    assert [(r.runtime, r.batch, r.threads, r.runs, len(r.round_p50_ms)) for r in results] == [
+        ("pytorch", 1, 1, 3, 3),
+        ("pytorch", 4, 1, 3, 3),
+        ("onnxruntime", 1, 1, 3, 3),
+        ("onnxruntime", 4, 1, 3, 3),
     ]
-    assert all(r.p50_ms > 0 for r in results)
+    assert all(r.p10_ms <= r.p50_ms <= r.p90_ms and r.device in ("cpu", "CPUExecutionProvider") for r in results)
+
+
+@pytest.mark.parametrize(
+    ("runs", "batch", "rounds", "calls"), [(30, 1, 10, 3), (15, 1, 5, 3), (5, 1, 5, 1), (30, 16, 30, 1), (2, 1, 2, 1)]
+)
+def test_rounds_leave_room_to_judge_a_speed_up(runs: int, batch: int, rounds: int, calls: int) -> None:
+    assert rounds_of(runs, batch) == (rounds, calls)
 
 
 def test_environment_names_machine_and_versions() -> None:

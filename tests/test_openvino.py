@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import copy
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,6 @@ from vitslim.compress.tokens import TokenMergeConfig, apply_token_reduction
 from vitslim.errors import UserError
 from vitslim.evaluate.environment import cpu_flags
 from vitslim.evaluate.openvino_runtime import (
-    bench_openvino,
     execution_precision,
     int8_layers,
     ov_compile,
@@ -26,7 +26,8 @@ from vitslim.evaluate.openvino_runtime import (
 from vitslim.export.onnx_export import export_onnx
 from vitslim.export.openvino_ir import ir_files, save_openvino_ir
 from vitslim.export.qdq import export_quantized_onnx
-from vitslim.runtimes import resolve_runtimes
+from vitslim.runtimes import Deployed, resolve_runtimes
+from vitslim.runtimes.timing import time_variants
 
 pytest.importorskip("openvino", reason="OpenVINO is an optional extra (pip install 'vitslim[openvino]')")
 
@@ -118,11 +119,12 @@ def test_ir_runs_any_batch_and_times_static_batches(tmp_path: Path) -> None:
     xml = _ir(tiny_vit("vit", depth=DEPTH), tmp_path, "fp32")
     run = ov_runner(xml, threads=1)
     assert run(images(1)).shape == (1, 10) and run(images(3)).shape == (3, 10)
-    entries = bench_openvino(xml, INPUT, [1, 2], threads=1, progress=False, warmup=0, runs=2)
+    deployed = Deployed("fp32", None, xml.with_suffix(".onnx"), INPUT, torch.device("cpu"), artifacts={"openvino": xml})
+    (entries,) = time_variants([deployed], ["openvino"], [1, 2], 1, warmup=0, runs=2).values()
     assert [(e.runtime, e.batch, e.threads) for e in entries] == [("openvino", 1, 1), ("openvino", 2, 1)]
     assert all(e.device in ("CPU (bf16)", "CPU (f32)") and e.p50_ms > 0 for e in entries)
-    f32 = bench_openvino(xml, INPUT, [1], threads=1, precision="f32", progress=False, warmup=0, runs=2)
-    assert f32[0].device == "CPU (f32)"
+    (baseline,) = time_variants([replace(deployed, baseline=True)], ["openvino"], [1], 1, warmup=0, runs=2).values()
+    assert baseline[-1].device == "CPU (f32)"  # the baseline is also timed with the f32 hint (unless f32 already)
 
 
 def test_bad_input_is_a_user_error_and_leaves_nothing(tmp_path: Path) -> None:

@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import glob
-import importlib.metadata
 from pathlib import Path
 
 import pytest
 
 from vitslim.compress.tokens import TokenMergeConfig, TokenPruneConfig
 from vitslim.errors import UserError
-from vitslim.recipes import INSTALLED_RECIPES, list_recipes, load_recipe, parse_recipe
+from vitslim.recipes import BUILTIN_DIR, list_recipes, load_recipe, parse_recipe
 from vitslim.stages import STAGES
 
 ROOT = Path(__file__).resolve().parent.parent
-REPO_RECIPES = sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml"))
+REPO_RECIPES = sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml"))
 
 
 def test_builtins_are_listed_loadable_and_documented() -> None:
     assert {"tome-r8", "evit-0.7"} <= set(list_recipes())
     assert set(REPO_RECIPES) <= set(list_recipes())
-    readme = (ROOT / "recipes" / "README.md").read_text()
+    readme = (BUILTIN_DIR / "README.md").read_text()
     for name in REPO_RECIPES:
         recipe = load_recipe(name)
         assert recipe.name == name and recipe.description and recipe.stages
@@ -30,27 +29,11 @@ def test_builtins_are_listed_loadable_and_documented() -> None:
     assert load_recipe("evit-0.7").stages["tokens"] == TokenPruneConfig(keep_rate=0.7, layers=(3, 6, 9))
 
 
-def test_pyproject_installs_every_builtin_as_data_files() -> None:
+def test_pyproject_ships_every_builtin_as_package_data() -> None:
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-    setuptools_cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    patterns = setuptools_cfg["data-files"]["/".join(INSTALLED_RECIPES)]
-    packaged = {Path(p).stem for pattern in patterns for p in glob.glob(pattern, root_dir=ROOT)}
-    assert packaged == set(REPO_RECIPES)
-
-
-def test_installed_recipes_are_found_through_the_distribution_record(tmp_path: Path, monkeypatch) -> None:
-    """A wheel installs the recipes under <prefix>/share/vitslim/recipes and lists them in RECORD."""
-    site = tmp_path / "lib" / "site-packages"
-    info = site / "vitslim-0.1.0.dist-info"
-    info.mkdir(parents=True)
-    shared = tmp_path / "share" / "vitslim" / "recipes"
-    shared.mkdir(parents=True)
-    (shared / "installed-only.yaml").write_text("stages: {tokens: {method: tome, r: 2}}\n")
-    (info / "RECORD").write_text("../../share/vitslim/recipes/installed-only.yaml,,\nvitslim/__init__.py,,\n")
-    monkeypatch.setattr(importlib.metadata, "distribution", lambda name: importlib.metadata.PathDistribution(info))
-    assert "installed-only" in list_recipes() and "tome-r8" in list_recipes()
-    recipe = load_recipe("installed-only")
-    assert recipe.name == "installed-only" and recipe.stages["tokens"].r == 2
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["vitslim"]
+    packaged = {Path(p).stem for pattern in patterns for p in glob.glob(pattern, root_dir=BUILTIN_DIR.parent)}
+    assert set(REPO_RECIPES) <= packaged and BUILTIN_DIR.parent == ROOT / "vitslim"
 
 
 def test_recipe_from_file_keeps_pipeline_order(tmp_path: Path) -> None:

@@ -354,7 +354,8 @@ def demo(out_dir: Path, runtime: str, json_path: Path | None, **options: Any) ->
 @model_options
 @recipe_option(
     required=True,
-    help_text="Built-in recipe name (an unknown name lists them; see recipes/README.md) or a recipe .yaml file.",
+    help_text="Built-in recipe name (an unknown name lists them; see vitslim/builtin_recipes/README.md), a recipe "
+    ".yaml file, or auto (with --max-drop: the fastest built-in recipe for this machine).",
 )
 @data_options
 @calib_option

@@ -9,15 +9,13 @@ from stage name to that stage's settings::
       tokens: {method: tome, r: 8, schedule: constant, proportional_attention: true}
 
 Stages are those of the stage table (:mod:`vitslim.stages`) and always run in its order,
-whatever their order in the file. Built-in recipes (``recipes/*.yaml`` in the source tree,
-installed as data files) load by name: ``load_recipe("tome-r8")``; anything else is read as a
-path to a YAML file.
+whatever their order in the file. Built-in recipes (``vitslim/builtin_recipes/*.yaml``, package
+data) load by name: ``load_recipe("tome-r8")``; anything else is read as a path to a YAML file.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +29,8 @@ from vitslim.errors import UserError
 
 RECIPE_KEYS = ("name", "description", "stages")
 RECIPE_SUFFIXES = (".yaml", ".yml")
-#: where built-in recipes are installed, relative to the environment's data folder
-INSTALLED_RECIPES = ("share", "vitslim", "recipes")
+#: the built-in recipes: package data
+BUILTIN_DIR = Path(__file__).with_name("builtin_recipes")
 
 
 @dataclass(frozen=True)
@@ -68,33 +66,9 @@ class Recipe:
 # --------------------------------------------------------------------------- built-in recipes
 
 
-def _recipe_dirs() -> list[Path]:
-    """Folders holding built-in recipes: the source checkout's ``recipes/`` first (editable
-    installs see edits live), then the copy installed with the package's data files."""
-    dirs = []
-    root = Path(__file__).resolve().parent.parent
-    if (root / "pyproject.toml").is_file() and (root / "recipes").is_dir():
-        dirs.append(root / "recipes")
-    try:
-        files = importlib.metadata.distribution("vitslim").files or []
-    except importlib.metadata.PackageNotFoundError:
-        files = []
-    for file in files:
-        if file.suffix in RECIPE_SUFFIXES and file.parent.parts[-3:] == INSTALLED_RECIPES:
-            folder = Path(file.locate()).parent.resolve()
-            if folder not in dirs:
-                dirs.append(folder)
-    return dirs
-
-
 def builtin_recipes() -> dict[str, Path]:
-    """Built-in recipe names and their files (the first folder of :func:`_recipe_dirs` wins)."""
-    found: dict[str, Path] = {}
-    for folder in _recipe_dirs():
-        for suffix in RECIPE_SUFFIXES:
-            for path in sorted(folder.glob(f"*{suffix}")):
-                found.setdefault(path.stem, path)
-    return dict(sorted(found.items()))
+    """Built-in recipe names and their files (``vitslim/builtin_recipes/``, shipped as package data)."""
+    return dict(sorted((p.stem, p) for p in BUILTIN_DIR.iterdir() if p.suffix in RECIPE_SUFFIXES))
 
 
 def list_recipes() -> list[str]:

@@ -124,35 +124,6 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def bench_torch(
-    model: torch.nn.Module,
-    input_size: tuple[int, ...],
-    batch_sizes: list[int],
-    threads: int = 0,
-    progress: bool = True,
-    **timing: float,
-) -> list[Latency]:
-    """PyTorch eager latency of ``model`` on random inputs for each batch size, on the model's
-    device (synchronised after every call on a GPU)."""
-    from vitslim.evaluate.device import module_device, synchronize
-
-    threads = resolve_threads(threads)
-    device = module_device(model)
-    results = []
-    model.eval()
-
-    def call(x: torch.Tensor) -> None:
-        model(x)
-        synchronize(device)
-
-    with torch_threads(threads), torch.no_grad():
-        for batch in tqdm(batch_sizes, desc="bench pytorch", unit="batch size", disable=not progress, leave=False):
-            x = torch.randn(batch, *input_size, device=device)
-            run = functools.partial(call, x)
-            results.append(time_calls(run, "pytorch", batch, threads, device=str(device), **timing))
-    return results
-
-
 def bench_ort(
     path: str,
     input_size: tuple[int, ...],

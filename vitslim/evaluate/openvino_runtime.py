@@ -20,13 +20,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from vitslim.config import check_choice
 from vitslim.errors import UserError
 from vitslim.models.features import flatten_outputs
 
-from .latency import Latency, resolve_threads, time_calls
+from .latency import resolve_threads
 
 __all__ = [
     "PRECISIONS",
@@ -34,7 +33,6 @@ __all__ = [
     "ov_compile",
     "execution_precision",
     "ov_runner",
-    "bench_openvino",
     "int8_layers",
 ]
 
@@ -99,29 +97,6 @@ def ov_runner(path: str | Path, threads: int = 0, precision: str = "default") ->
         return flatten_outputs(outs[0] if len(outs) == 1 else outs).float()
 
     return run
-
-
-def bench_openvino(
-    path: str | Path,
-    input_size: tuple[int, ...],
-    batch_sizes: list[int],
-    threads: int = 0,
-    precision: str = "default",
-    progress: bool = True,
-    **timing: float,
-) -> list[Latency]:
-    """OpenVINO CPU latency of the model at ``path``, compiled for each static batch size; each
-    entry's device names the precision that ran, e.g. ``CPU (bf16)``."""
-    threads = resolve_threads(threads)
-    results = []
-    for batch in tqdm(batch_sizes, desc="bench openvino", unit="batch size", disable=not progress, leave=False):
-        compiled = ov_compile(path, threads, precision, batch=batch)
-        request = compiled.create_infer_request()
-        feed = {0: np.random.default_rng(0).standard_normal((batch, *input_size), dtype=np.float32)}
-        run = functools.partial(request.infer, feed)
-        device = f"CPU ({execution_precision(compiled)})"
-        results.append(time_calls(run, "openvino", batch, threads, device=device, **timing))
-    return results
 
 
 def _is_attention(info: dict[str, Any], layer_type: str) -> bool:
