@@ -21,12 +21,12 @@ class OnnxRuntime(Runtime):
     deploy_rank = 20
 
     def timers(self, deployed: Deployed, batch: int, threads: int) -> dict[str, Timed]:
+        import numpy as np
+
         from vitslim.evaluate.device import ort_providers
         from vitslim.evaluate.runtimes import ort_session
 
         session = ort_session(deployed.onnx, threads=threads, providers=ort_providers(deployed.device))
-        import numpy as np
-
         x = np.random.default_rng(0).standard_normal((batch, *deployed.input_size), dtype=np.float32)
         call = functools.partial(session.run, None, {session.get_inputs()[0].name: x})
         return {"": Timed(call, session.get_providers()[0])}

@@ -75,11 +75,11 @@ class OpenVINO(Runtime):
         return record["parity_f32"]
 
     def timers(self, deployed: Deployed, batch: int, threads: int) -> dict[str, Timed]:
+        import numpy as np
+
         from vitslim.evaluate.openvino_runtime import execution_precision, ov_compile
 
         xml = deployed.artifacts.get(self.name, deployed.onnx)  # the IR prepare() wrote; OpenVINO reads ONNX too
-        import numpy as np
-
         x = np.random.default_rng(0).standard_normal((batch, *deployed.input_size), dtype=np.float32)
         timers = {}
         for mode in ("default", "f32"):

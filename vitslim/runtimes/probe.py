@@ -25,6 +25,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from vitslim.errors import UserError
 from vitslim.evaluate.speedup import speedup
 from vitslim.runtimes import Deployed
 from vitslim.runtimes.timing import time_variants
@@ -54,7 +55,7 @@ def probe_shape(model: torch.nn.Module, input_size: tuple[int, ...]) -> ProbeSha
     fc1 = next((m for n, m in model.named_modules() if n.endswith("mlp.fc1")), None)
     attn = next((m for m in model.modules() if hasattr(m, "num_heads")), None)
     if fc1 is None or attn is None:
-        raise ValueError("the model has no '*.mlp.fc1' Linear or no module with 'num_heads': not a ViT vitslim knows")
+        raise UserError("the model has no '*.mlp.fc1' Linear or no module with 'num_heads': not a ViT vitslim probes")
     seen: list[tuple[int, ...]] = []
     handle = fc1.register_forward_hook(lambda _m, args, _out: seen.append(tuple(args[0].shape)))
     try:
