@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,21 @@ def test_export_with_checkpoint(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "x.json").read_text())
     assert summary["top1_agreement"] == 1.0 and summary["max_abs_diff"] < 1e-4
+    assert summary["validation"]["passed"] and summary["path"] == str(tmp_path / "t.onnx")
+
+
+def test_export_validates_as_compress_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file ONNX Runtime disagrees with is judged by the validate stage's rule: renamed, exit 4."""
+    from vitslim.export import validate
+
+    real = validate.check_parity
+    monkeypatch.setattr(validate, "check_parity", lambda *a, **k: replace(real(*a, **k), top1_agreement=0.0))
+    result = run_cli("export", *TINY, "--out", str(tmp_path / "t.onnx"), "--json", str(tmp_path / "x.json"))
+    assert result.exit_code == 4, result.output
+    summary = json.loads((tmp_path / "x.json").read_text())
+    assert not summary["validation"]["passed"] and "agreement" in summary["validation"]["reasons"][0]
+    assert (tmp_path / "t.failed.onnx").is_file() and not (tmp_path / "t.onnx").exists()
+    assert "failed validation against PyTorch" in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -275,12 +275,16 @@ def export(
     batch_sizes: list[int],
     json_path: Path | None,
 ) -> None:
-    """Export the FP32 model to ONNX and check it against PyTorch in ONNX Runtime (optionally a TensorRT engine)."""
+    """Export the FP32 model to ONNX and check it against PyTorch in ONNX Runtime, judged by the
+    validate stage's default rule as compress judges its files (optionally a TensorRT engine)."""
     import torch
 
+    from vitslim.evaluate.accuracy import collect_outputs, torch_runner
+    from vitslim.evaluate.data import EvalData
+    from vitslim.evaluate.parity import noise_floor
     from vitslim.export.onnx_export import export_onnx
     from vitslim.export.tensorrt import TensorRTUnavailable, engine_or_script
-    from vitslim.export.validate import check_parity
+    from vitslim.export.validate import ValidateStage, check_parity, validate_exports
     from vitslim.models.features import with_output
 
     if out_path.suffix != ".onnx":
@@ -291,7 +295,7 @@ def export(
     parity = check_parity(model, path, inputs, classifier=loaded.num_classes > 0 and output == "logits")
     result = {
         "model": loaded.name,
-        "file": str(path),
+        "file": path.name,
         "opset": opset,
         "size_bytes": path.stat().st_size,
         "max_abs_diff": parity.max_abs_diff,
@@ -299,11 +303,24 @@ def export(
         "samples": parity.samples,
         "outputs": getattr(model, "output_names", ["output"]),
     }
+    random_data = EvalData("random normal", [(inputs, torch.full((len(inputs),), -1))], False, 0)  # type: ignore[arg-type]
+
+    def floor() -> dict:
+        reference = collect_outputs(torch_runner(model), random_data.batches, progress=False)
+        return noise_floor(model, random_data, reference, 0, progress=False)
+
+    failures = validate_exports(loaded.name, {"onnx": (result, result)}, ValidateStage(), floor, path.parent)
+    result["path"] = str(path.parent / result["file"])
     click.echo(
-        f"wrote {path} ({result['size_bytes'] / 1e6:.1f} MB, opset {opset}); ONNX Runtime vs PyTorch on "
-        f"{parity.samples} random inputs: max abs diff {parity.max_abs_diff:.2e}"
+        f"wrote {result['path']} ({result['size_bytes'] / 1e6:.1f} MB, opset {opset}); ONNX Runtime vs "
+        f"PyTorch on {parity.samples} random inputs: max abs diff {parity.max_abs_diff:.2e}"
         + ("" if result["top1_agreement"] is None else f", top-1 agreement {parity.top1_agreement:.2%}")
     )
+    if failures:
+        emit(result, json_path)
+        for failure in failures.values():
+            click.echo(f"error: {failure}", err=True)
+        sys.exit(VALIDATION_FAILED)
     if fmt == "tensorrt":
         built = engine_or_script(path, path.with_suffix(".engine"), fp16=fp16, int8=int8, batch_sizes=batch_sizes)
         result["tensorrt"] = built.to_dict(names=False)
