@@ -57,7 +57,10 @@ class Family:
     stage runs: ``calibrates(config)`` says whether it will read calibration images, ``check(model,
     config)`` fails in seconds on a config that does not fit the model, ``caution(config,
     calibration)`` -> a warning said before the run (None: nothing; e.g. int8 on a CPU where it
-    rarely pays). Report:
+    rarely pays). Stages acting on the exports: ``rule(config or None)`` -> the validation rule
+    every exported file is judged by (None: the stage is not in the recipe, its default applies),
+    ``finish(config, variants, out_dir, batch_sizes)`` -> ``(report entries, notes)`` once every
+    variant is measured (e.g. a TensorRT engine of the last one). Report:
     ``measure(model)`` -> entries of every variant (the uncompressed one too), ``summarize(record,
     model, onnx_path, own)`` -> entries of the variants the stage was applied to (``own``: it was
     applied last), ``notes(variants)`` -> report notes; ``entries``: a TypedDict declaring the
@@ -75,6 +78,8 @@ class Family:
     calibrates: Callable[[Any], bool] | None = None
     check: Callable[[Any, Any], None] | None = None
     caution: Callable[[Any, Calibration], str | None] | None = None
+    rule: Callable[[Any], Any] | None = None
+    finish: Callable[[Any, list[dict], Path, Sequence[int]], tuple[dict[str, Any], list[str]]] | None = None
     measure: Callable[[Any], dict[str, Any]] | None = None
     summarize: Callable[[StageRecord, Any, Path, bool], dict[str, Any]] | None = None
     notes: Callable[[list[dict]], list[str]] | None = None

@@ -71,4 +71,12 @@ class ExportStage:
         return cls(**check_keys(data, [f.name for f in dataclasses.fields(cls)]))
 
 
-EXPORT = Family(from_dict=ExportStage.from_dict)
+def finish(
+    stage: ExportStage, variants: list[dict], out_dir: Path, batch_sizes: Sequence[int]
+) -> tuple[dict[str, Any], list[str]]:
+    """The report's ``tensorrt`` entry (and notes) for the run's last variant."""
+    record, notes = stage.tensorrt_engine(variants[-1], out_dir, batch_sizes)
+    return ({} if record is None else {"tensorrt": record}), notes
+
+
+EXPORT = Family(from_dict=ExportStage.from_dict, finish=finish)

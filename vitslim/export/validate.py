@@ -398,4 +398,4 @@ def validate_exports(
     return failures
 
 
-VALIDATE = Family(from_dict=ValidateStage.from_dict)
+VALIDATE = Family(from_dict=ValidateStage.from_dict, rule=lambda stage: stage or ValidateStage())

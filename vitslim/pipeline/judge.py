@@ -39,7 +39,7 @@ def validate_variant(
         return measured
 
     failures = validate_exports(variant["name"], exports, rule, floor, settings.out_dir)
-    if "onnx" in failures and variant.get("quantization"):
+    if "onnx" in failures and variant["onnx"].get("format") == "qdq":
         failures["onnx"] = _with_kernel_diagnosis(failures["onnx"], variant["onnx"], settings, outputs, rule)
     return list(failures.values())
 

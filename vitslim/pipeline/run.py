@@ -131,13 +131,15 @@ def run_recipe(
     the report. The stages are applied before anything is measured, so a recipe that does not
     fit the model fails fast. ``target`` and the stages ``dropped`` for it are said in the report."""
     built = build_variants(loaded.model, recipe, ctx, alone=alone)
-    variants, failures = _measure_all(loaded, built, settings, recipe.stages.get("validate", ValidateStage()))
+    variants, failures = _measure_all(loaded, built, settings, _validation_rule(recipe))
     notes = _notes(variants) + failures
-    tensorrt = None
-    export = recipe.stages.get("export")
-    if export is not None:
-        tensorrt, engine_notes = export.tensorrt_engine(variants[-1], settings.out_dir, settings.batch_sizes)
-        notes += engine_notes
+    finished: dict[str, Any] = {}
+    for spec in stage_table.STAGES:
+        finish = spec.load().finish
+        if finish is not None and spec.name in recipe.stages:
+            entries, more = finish(recipe.stages[spec.name], variants, settings.out_dir, settings.batch_sizes)
+            finished.update(entries)
+            notes += more
     target_record = None
     if target is not None:
         target_record = {"name": target, "dropped_stages": dropped or {}}
@@ -149,14 +151,24 @@ def run_recipe(
         recipe=recipe.to_dict(),
         notes=notes,
         validation_failures=failures,
-        tensorrt=tensorrt,
         target=target_record,
+        **finished,
     )
+
+
+def _validation_rule(recipe: Recipe | None) -> ValidateStage:
+    """The rule every exported file is judged by: the stage table's validating family's, from the
+    recipe's config of its stage (its default when the recipe has none)."""
+    for spec in stage_table.STAGES:
+        rule = spec.load().rule
+        if rule is not None:
+            return rule(None if recipe is None else recipe.stages.get(spec.name))
+    return ValidateStage()
 
 
 def fp32_report(loaded: LoadedModel, settings: MeasureSettings, command: str = "") -> Report:
     """The uncompressed model measured as variant ``fp32`` (validated, timed): the report."""
-    variants, failures = _measure_all(loaded, [], settings, ValidateStage())
+    variants, failures = _measure_all(loaded, [], settings, _validation_rule(None))
     return build_report(
         **report_header(loaded, settings), variants=variants, command=command, validation_failures=failures
     )
