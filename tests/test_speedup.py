@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import run_cli, tiny
-from vitslim.evaluate.speedup import MIN_ROUNDS, speedup
+from vitslim.evaluate.speedup import MIN_ROUNDS, agreeing_rounds_needed, speedup
 
 
 def entry(rounds: list[float]) -> dict:
@@ -43,6 +43,15 @@ def test_a_real_change_is_judged_with_its_range(factor: float, verdict: str) -> 
     assert judged.verdict == verdict and judged.claimed
     assert judged.low <= judged.ratio <= judged.high
     assert judged.text(1) == f"{judged.ratio:.2f}x (b1{'' if verdict == 'faster' else ', slower'})"
+
+
+def test_more_rounds_never_make_a_claim_harder() -> None:
+    """The sign test: 5 of 5, 9 of 10, 12 of 15 rounds; one round of ten against still makes a claim."""
+    assert [agreeing_rounds_needed(n) for n in (5, 8, 10, 15, 30)] == [5, 8, 9, 12, 21]
+    base = [10.0] * 10
+    one_against = [5.0] * 9 + [11.0]
+    assert speedup(entry(base), entry(one_against)).verdict == "faster"
+    assert speedup(entry(base), entry([5.0] * 8 + [11.0] * 2)).verdict == "within noise"
 
 
 def test_too_few_rounds_the_same_graph_and_old_reports_are_never_claimed() -> None:

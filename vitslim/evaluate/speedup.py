@@ -2,21 +2,26 @@
 
 Runners timed together (:func:`~vitslim.evaluate.interleaved.time_interleaved`) share every
 round's conditions, so round ``i`` of the baseline and round ``i`` of a variant form a pair. A
-speed-up is claimed only when every pair agrees on its direction over at least
-:data:`MIN_ROUNDS` rounds and the p50 ratio is at least :data:`MIN_EFFECT` away from 1; otherwise
-it is *within noise* and said so. Two files with the same graph are never compared: any
+speed-up (or slow-down) is claimed only when the pairs agree on its direction by a one-sided sign
+test at level :data:`SIGN_LEVEL` (all 5 of 5 rounds, 9 of 10, 12 of 15, 21 of 30: more rounds
+never make a claim harder) and the p50 ratio is at least :data:`MIN_EFFECT` away from 1;
+otherwise it is *within noise* and said so. Two files with the same graph are never compared: any
 difference between them is noise.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
+from math import comb
 from typing import Any
 
-__all__ = ["MIN_ROUNDS", "MIN_EFFECT", "Speedup", "speedup"]
+__all__ = ["MIN_ROUNDS", "MIN_EFFECT", "SIGN_LEVEL", "Speedup", "agreeing_rounds_needed", "speedup"]
 
-#: rounds a speed-up needs before it is judged (all agreeing by chance: 2 * 2**-5 = 6% at most)
+#: rounds a speed-up needs before it is judged
 MIN_ROUNDS = 5
+#: one-sided level of the sign test: all of MIN_ROUNDS rounds agreeing by chance (2**-5)
+SIGN_LEVEL = 2.0**-MIN_ROUNDS
 #: the smallest relative change called a speed-up or a slow-down
 MIN_EFFECT = 0.03
 
@@ -64,10 +69,22 @@ def speedup(base: dict[str, Any], entry: dict[str, Any], same_graph: bool = Fals
         verdict = SAME_GRAPH
     elif len(ratios) < MIN_ROUNDS or len(rounds[0]) != len(rounds[1]):
         verdict = UNJUDGED
-    elif low > 1 and ratio >= 1 + MIN_EFFECT:
+    elif sum(r > 1 for r in ratios) >= agreeing_rounds_needed(len(ratios)) and ratio >= 1 + MIN_EFFECT:
         verdict = FASTER
-    elif high < 1 and ratio <= 1 - MIN_EFFECT:
+    elif sum(r < 1 for r in ratios) >= agreeing_rounds_needed(len(ratios)) and ratio <= 1 - MIN_EFFECT:
         verdict = SLOWER
     else:
         verdict = NOISE
     return Speedup(ratio, low, high, verdict)
+
+
+@cache
+def agreeing_rounds_needed(rounds: int) -> int:
+    """The fewest of ``rounds`` paired rounds that must agree on a direction for a claim: the
+    smallest ``k`` with P(at least ``k`` of ``rounds`` fair coin flips) <= :data:`SIGN_LEVEL`."""
+    tail = 0
+    for k in range(rounds, -1, -1):
+        tail += comb(rounds, k)
+        if tail / 2**rounds > SIGN_LEVEL:
+            return k + 1
+    return 0

@@ -120,7 +120,7 @@ def slower_than_fp32(report: dict[str, Any]) -> list[str]:
     final = variants[-1]
     return [
         f"{final['name']} is slower than fp32 in {_title(runtime)} at batch {batch}: {s.ratio:.2f}x "
-        f"(every round between {s.low:.2f}x and {s.high:.2f}x)"
+        f"(rounds between {s.low:.2f}x and {s.high:.2f}x)"
         for batch, s in speedups(final, variants[0], runtime)
         if s.verdict == "slower"
     ]
@@ -137,8 +137,9 @@ def summary_section(report: dict[str, Any]) -> list[str]:
         *md_table(header, rows),
         "",
         f"Top-1 in PyTorch on the evaluation data; {where}, against fp32 at the same device, precision, batch "
-        f"and threads, all timed interleaved; a speed-up is claimed only when every one of at least {MIN_ROUNDS} "
-        f"rounds agrees and it exceeds {100 * MIN_EFFECT:.0f}% (otherwise: within noise, with the range of the "
-        "per-round ratios); validation: the exported files against their PyTorch model (details below).",
+        f"and threads, all timed interleaved; a speed-up is claimed only when at least {MIN_ROUNDS} paired rounds "
+        f"agree on it by a sign test (5 of 5, 9 of 10, 12 of 15 rounds) and it exceeds {100 * MIN_EFFECT:.0f}% "
+        "(otherwise: within noise, with the range of the per-round ratios); validation: the exported files against "
+        "their PyTorch model (details below).",
         *(f"\n**Warning**: {line}." for line in slower_than_fp32(report)),
     ]
