@@ -92,7 +92,7 @@ def choose_recipe(
     notes = [
         f"--recipe auto on this machine: {why_int8} in {RUNTIMES[runtime].title} (probe, batch "
         f"{', '.join(map(str, timing.batch_sizes))}); candidates {', '.join(recipes)}, timed side by side; "
-        f"{best.name} is the fastest at batch {summary['decided_on_batch']} within {max_drop:g} points of fp32 "
+        f"{best.name} is the fastest at batch {summary['decided_on_batch']} within {max_drop:g} pt of fp32 "
         f"(its recipe: recipe.yaml).",
         *lost,
     ]
@@ -106,7 +106,7 @@ def _why_lost(row: dict[str, Any], summary: dict[str, Any], max_drop: float) -> 
     if row["status"] != "ok":
         return f"auto: {name} lost: {row['status']}" + (f" ({row['error']})" if row.get("error") else "") + "."
     if row["drop"] > max_drop:
-        return f"auto: {name} lost: {row['drop']:.2f} points below fp32 (bound {max_drop:g})."
+        return f"auto: {name} lost: {row['drop']:.2f} pt below fp32 (bound {max_drop:g} pt)."
     best = next(r for r in summary["candidates"] if r["name"] == summary["best"])
     return (
         f"auto: {name} lost: slower at batch {batch} (p50 {row['latency'][batch]['p50_ms']:.2f} ms against "
