@@ -8,7 +8,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -97,20 +97,8 @@ def time_calls(
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1000.0)
-    p50, p90, p99 = np.percentile(times, [50, 90, 99])
-    return Latency(
-        runtime,
-        batch,
-        threads,
-        warmup,
-        len(times),
-        float(p50),
-        float(p90),
-        float(p99),
-        statistics.fmean(times),
-        batch * 1000.0 / float(p50),
-        device,
-    )
+    # timed one after another, not in rounds beside other runners: no per-round figures to pair
+    return replace(latency_of(times, runtime, batch, threads, warmup, 1, device), round_p50_ms=())
 
 
 @contextmanager
