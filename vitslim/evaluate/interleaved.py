@@ -16,9 +16,13 @@ from typing import TypeVar
 import numpy as np
 from tqdm import tqdm
 
-__all__ = ["time_interleaved", "summarize", "runtime_call"]
+from vitslim.evaluate.speedup import MIN_ROUNDS
+
+__all__ = ["PAUSE", "time_interleaved", "summarize", "runtime_call"]
 
 K = TypeVar("K", bound=Hashable)
+#: idle seconds before each runner's calls in a round (other runtimes' worker threads stop spinning)
+PAUSE = 0.2
 
 
 def time_interleaved(
@@ -26,10 +30,10 @@ def time_interleaved(
     rounds: int = 5,
     calls: int = 3,
     warmup: int = 2,
-    pause: float = 0.2,
+    pause: float = PAUSE,
     progress: bool = True,
     max_seconds: float | None = None,
-    min_rounds: int = 5,
+    min_rounds: int = MIN_ROUNDS,
 ) -> dict[K, list[float]]:
     """Per runner name, the milliseconds of its ``rounds * calls`` timed calls, round after round.
     ``max_seconds``: stop after the round in which that much time has passed, once ``min_rounds``

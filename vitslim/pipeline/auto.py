@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +22,10 @@ from vitslim.errors import UserError
 from vitslim.models import LoadedModel
 from vitslim.pipeline.options import Evaluation, Timing
 from vitslim.recipes import Recipe
-from vitslim.runtimes import RUNTIMES
+from vitslim.runtimes import RUNTIMES, deployment_runtime
 from vitslim.runtimes.probe import int8_pays, probe, probe_shape
 
-__all__ = ["AUTO", "TOKEN_RECIPES", "INT8_RECIPES", "AutoChoice", "choose_recipe", "deployment_runtime"]
+__all__ = ["AUTO", "TOKEN_RECIPES", "INT8_RECIPES", "AutoChoice", "choose_recipe"]
 
 log = logging.getLogger(__name__)
 
@@ -48,21 +47,15 @@ class AutoChoice:
     notes: list[str]
 
 
-def deployment_runtime(runtimes: Sequence[str]) -> str:
-    """The runtime among ``runtimes`` that runs files with the lowest ``deploy_rank`` (what a deployment runs)."""
-    files = sorted((RUNTIMES[r] for r in runtimes if not RUNTIMES[r].runs_model), key=lambda r: r.deploy_rank)
-    if not files:
-        raise UserError("--recipe auto needs a runtime that runs exported files (--runtime onnxruntime, openvino, all)")
-    return files[0].name
-
-
 def choose_recipe(
     loaded: LoadedModel, evaluation: Evaluation, timing: Timing, max_drop: float, workdir: Path, progress: bool = True
 ) -> AutoChoice:
     """Probe, sweep the candidates into ``workdir`` and return the winner (module docstring)."""
     from vitslim.sweep import SweepSettings, build_candidates, run_sweep
 
-    runtime = deployment_runtime(timing.runtimes)
+    runtime = deployment_runtime(r for r in timing.runtimes if not RUNTIMES[r].runs_model)
+    if runtime is None:
+        raise UserError("--recipe auto needs a runtime that runs exported files (--runtime onnxruntime, openvino, all)")
     rows = probe(probe_shape(loaded.model, loaded.input_size), [runtime], timing.batch_sizes, timing.threads)
     pays = all(int8_pays(rows, runtime, "linear", batch) for batch in timing.batch_sizes)
     recipes = [*TOKEN_RECIPES, *(INT8_RECIPES if pays else ())]

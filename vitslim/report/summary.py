@@ -14,16 +14,16 @@ from typing import Any
 from vitslim.evaluate.speedup import MIN_EFFECT, MIN_ROUNDS, Speedup, speedup
 from vitslim.report.features import feature_summary
 from vitslim.report.format import fmt_mb, fmt_pct, md_table
-from vitslim.runtimes import RUNTIMES
+from vitslim.runtimes import RUNTIMES, deployment_runtime
 
-__all__ = ["deployment_runtime", "same_graph_as", "speedups", "slower_than_fp32", "summary_rows", "summary_section"]
+__all__ = ["timed_runtime", "same_graph_as", "speedups", "slower_than_fp32", "summary_rows", "summary_section"]
 
 
-def deployment_runtime(variants: list[dict]) -> str | None:
-    """The registered runtime of lowest ``deploy_rank`` that timed every variant (None: none did)."""
-    timed = [{entry["runtime"] for entry in v["latency"]} for v in variants]
-    ranked = sorted(RUNTIMES, key=lambda r: r.deploy_rank)
-    return next((r.name for r in ranked if all(r.name in t for t in timed)), None)
+def timed_runtime(variants: list[dict]) -> str | None:
+    """The deployment runtime (:func:`~vitslim.runtimes.deployment_runtime`) among those that timed
+    every variant (None: none did)."""
+    timed = set.intersection(*({entry["runtime"] for entry in v["latency"]} for v in variants))
+    return deployment_runtime(timed)
 
 
 def _title(runtime: str) -> str:
@@ -97,7 +97,7 @@ def _precision(variant: dict, runtime: str) -> str:
 def summary_rows(report: dict[str, Any]) -> tuple[str | None, list[list[str]]]:
     """The deployment runtime the speed-ups are taken in, and a table row per variant."""
     variants = report["variants"]
-    fp32, runtime = variants[0], deployment_runtime(variants)
+    fp32, runtime = variants[0], timed_runtime(variants)
     settings = {_setting(e) for e in variants[-1]["latency"] if e["runtime"] == runtime}
     rows = []
     for v in variants:
@@ -114,7 +114,7 @@ def slower_than_fp32(report: dict[str, Any]) -> list[str]:
     """A sentence per batch size at which the report's final variant is measurably slower than fp32
     in the deployment runtime (every round agreeing: :mod:`vitslim.evaluate.speedup`)."""
     variants = report["variants"]
-    runtime = deployment_runtime(variants)
+    runtime = timed_runtime(variants)
     if runtime is None or len(variants) < 2:
         return []
     final = variants[-1]

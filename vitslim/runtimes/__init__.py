@@ -6,6 +6,8 @@ latency and the reports read :data:`RUNTIMES`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from vitslim.registry import Registry
 
 from .base import Check, Deployed, Runtime, Timed
@@ -13,7 +15,17 @@ from .onnxruntime import OnnxRuntime
 from .openvino import OpenVINO
 from .pytorch import PyTorch
 
-__all__ = ["RUNTIMES", "ALL", "Runtime", "Deployed", "Check", "Timed", "resolve_runtimes", "runtime_choices"]
+__all__ = [
+    "RUNTIMES",
+    "ALL",
+    "Runtime",
+    "Deployed",
+    "Check",
+    "Timed",
+    "deployment_runtime",
+    "resolve_runtimes",
+    "runtime_choices",
+]
 
 #: every runtime vitslim can measure, by name
 RUNTIMES: Registry[Runtime] = Registry("runtime")
@@ -37,3 +49,10 @@ def resolve_runtimes(runtime: str) -> tuple[str, ...]:
         return tuple(r.name for r in RUNTIMES if not r.optional or r.available())
     RUNTIMES[runtime].require()
     return (runtime,)
+
+
+def deployment_runtime(names: Iterable[str]) -> str | None:
+    """The registered runtime of lowest ``deploy_rank`` among ``names``: what a deployment would run
+    (None: none of them is registered)."""
+    ranked = sorted((RUNTIMES[n] for n in set(names) if n in RUNTIMES), key=lambda r: r.deploy_rank)
+    return ranked[0].name if ranked else None

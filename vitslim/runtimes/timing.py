@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from vitslim.evaluate.interleaved import time_interleaved
+from vitslim.evaluate.interleaved import PAUSE, time_interleaved
 from vitslim.evaluate.latency import DEFAULT_MAX_SECONDS, Latency, latency_of, resolve_threads
 from vitslim.evaluate.speedup import MIN_ROUNDS
 from vitslim.runtimes import RUNTIMES, Deployed
@@ -20,8 +20,6 @@ __all__ = ["time_variants"]
 
 #: calls per round at batch 1 when ``runs`` allow :data:`MIN_ROUNDS` rounds of them (larger batches: one)
 CALLS_AT_BATCH_1 = 3
-#: idle seconds before each runner's calls in a round (other runtimes' worker threads stop spinning)
-PAUSE = 0.2
 
 
 def rounds_of(runs: int, batch: int) -> tuple[int, int]:
