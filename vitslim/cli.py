@@ -212,8 +212,8 @@ def bench(
 def probe(
     loaded: LoadedModel, batch_sizes: list[int], threads: int, runtime: str, runs: int, json_path: Path | None
 ) -> None:
-    """What pays on this machine, in seconds: int8 against float for the model's Linear and attention
-    shapes (and OpenVINO's bf16 against f32), per runtime and batch size, timed side by side."""
+    """What pays on this machine, in seconds: the model's first block in float, with int8 Linears and
+    with int8 q·kᵀ too (and OpenVINO's bf16 against f32), per runtime and batch size, side by side."""
     from dataclasses import asdict
 
     from vitslim.evaluate.environment import environment
@@ -222,7 +222,7 @@ def probe(
 
     runtimes = runtimes_of(runtime, files=True)
     shape = probe_shape(loaded.model, loaded.input_size)
-    rows = run_probe(shape, runtimes, batch_sizes, threads, runs, progress=show_progress())
+    rows = run_probe(loaded.model, loaded.input_size, runtimes, batch_sizes, threads, runs, progress=show_progress())
     env = environment()
     click.echo(f"{loaded.name} on {env['cpu']} ({env['logical_cores']} logical cores; {' '.join(env['cpu_flags'])})")
     click.echo(f"shapes: {shape.tokens} tokens x {shape.dim} (MLP {shape.hidden}), {shape.heads} heads")

@@ -1,8 +1,10 @@
 """``--recipe auto``: the fastest recipe for this machine within an accuracy bound.
 
-1. The probe (:mod:`vitslim.runtimes.probe`) times the model's Linear shapes in float and int8 in
-   the deployment runtime at the run's batch sizes: int8 recipes are candidates only where int8
-   pays there at every batch size.
+1. The probe (:mod:`vitslim.runtimes.probe`) times the model's first block in float, with int8
+   Linears and with int8 ``q @ kᵀ`` in the deployment runtime at the run's batch sizes: int8
+   recipes are candidates only where int8 Linears pay there at every batch size, and those with
+   int8 attention matmuls only where int8 ``q @ kᵀ`` pays too (else the ``cpu`` recipe with q and
+   k left float is the int8 candidate).
 2. The candidates (token reduction alone, and with int8 where it pays) are compressed, validated
    and timed side by side by the sweep (:mod:`vitslim.sweep`: interleaved, in the deployment
    runtime), into ``<out>/auto``.
@@ -13,19 +15,23 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vitslim.errors import UserError
 from vitslim.models import LoadedModel
 from vitslim.pipeline.options import Evaluation, Timing
-from vitslim.recipes import Recipe
+from vitslim.recipes import Recipe, parse_recipe, recipe_source
 from vitslim.runtimes import RUNTIMES, deployment_runtime
-from vitslim.runtimes.probe import int8_pays, probe, probe_shape
+from vitslim.runtimes.probe import int8_pays, probe
 
-__all__ = ["AUTO", "TOKEN_RECIPES", "INT8_RECIPES", "AutoChoice", "choose_recipe"]
+if TYPE_CHECKING:
+    from vitslim.sweep import Candidate
+
+__all__ = ["AUTO", "TOKEN_RECIPES", "INT8_RECIPES", "LINEAR_INT8", "AutoChoice", "choose_recipe"]
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +39,10 @@ log = logging.getLogger(__name__)
 AUTO = "auto"
 #: built-in recipes reducing tokens only: candidates on every machine
 TOKEN_RECIPES = ("tome-r8", "tome-r16-decreasing")
-#: built-in recipes with int8 activations: candidates where the probe finds int8 Linears faster
+#: built-in recipes with int8 Linears and attention matmuls: candidates where the probe finds both faster
 INT8_RECIPES = ("cpu", "w8a8")
+#: the int8 candidate where int8 Linears pay and int8 q·kᵀ does not: this recipe with q and k float
+LINEAR_INT8 = "cpu"
 
 
 @dataclass(frozen=True)
@@ -56,10 +64,18 @@ def choose_recipe(
     runtime = deployment_runtime(r for r in timing.runtimes if not RUNTIMES[r].runs_model)
     if runtime is None:
         raise UserError("--recipe auto needs a runtime that runs exported files (--runtime onnxruntime, openvino, all)")
-    rows = probe(probe_shape(loaded.model, loaded.input_size), [runtime], timing.batch_sizes, timing.threads)
-    pays = all(int8_pays(rows, runtime, "linear", batch) for batch in timing.batch_sizes)
-    recipes = [*TOKEN_RECIPES, *(INT8_RECIPES if pays else ())]
-    why_int8 = "int8 Linears are faster" if pays else "int8 Linears are not measurably faster"
+    rows = probe(loaded.model, loaded.input_size, [runtime], timing.batch_sizes, timing.threads)
+    pays = {
+        layer: all(int8_pays(rows, runtime, layer, batch) for batch in timing.batch_sizes)
+        for layer in ("linear", "attention")
+    }
+    candidates = build_candidates(TOKEN_RECIPES)
+    if pays["linear"]:
+        candidates += build_candidates(INT8_RECIPES) if pays["attention"] else [linear_int8_candidate()]
+    recipes = [c.name for c in candidates]
+    why_int8 = "int8 Linears are not measurably faster"
+    if pays["linear"]:
+        why_int8 = "int8 Linears are faster" + (", int8 q·kᵀ too" if pays["attention"] else ", int8 q·kᵀ is not")
     log.info("auto: %s in %s here; candidates %s", why_int8, RUNTIMES[runtime].title, ", ".join(recipes))
     settings = SweepSettings(
         data=evaluation.data,
@@ -72,7 +88,6 @@ def choose_recipe(
         batch_sizes=tuple(timing.batch_sizes),
         max_drop=max_drop,
     )
-    candidates = build_candidates(recipes)
     sweep = run_sweep(loaded, candidates, workdir, settings, overwrite=True, command="vitslim compress --recipe auto")
     summary = sweep["summary"]
     if summary["best"] is None:
@@ -91,6 +106,19 @@ def choose_recipe(
     ]
     record = {"runtime": runtime, "max_drop": max_drop, "probe": rows, "best": best.name, "sweep": summary}
     return AutoChoice(best.recipe, record, notes)
+
+
+def linear_int8_candidate() -> Candidate:
+    """The :data:`LINEAR_INT8` recipe with q and k left float: int8 only where the Linears pay."""
+    from vitslim.sweep import Candidate
+
+    data, source, default = recipe_source(LINEAR_INT8)
+    changed = copy.deepcopy(data)
+    changed["name"] = name = f"{changed.get('name', default)}-linear-int8"
+    changed["description"] = f"{changed.get('description', default)}; q·kᵀ left float (int8 does not pay here)"
+    changed["stages"]["quant"].setdefault("config", {})["qk"] = None
+    change = "quant.config.qk=null"
+    return Candidate(name, parse_recipe(changed, f"{source} with {change}", name), LINEAR_INT8, change)
 
 
 def _why_lost(row: dict[str, Any], summary: dict[str, Any], max_drop: float) -> str:

@@ -1,42 +1,42 @@
-"""What pays on this machine: a few seconds of measurement on the model's own shapes.
+"""What pays on this machine: a few seconds of measurement on the model's own first block.
 
-For each installed runtime that runs files, two small ONNX graphs per layer kind are timed side by
-side (:mod:`vitslim.runtimes.timing`: interleaved, paired rounds): a block's first MLP Linear
-(``x @ W`` on ``tokens x dim`` inputs) and one attention matmul (``q @ kᵀ`` per head), each in
-float and with explicit int8 Q/DQ (activations per tensor, weights per output channel, q and kᵀ
-symmetric: what vitslim's W8A8 exports, fused by ONNX Runtime into ``MatMulIntegerToFloat``).
-Their ratio, judged against its own noise (:mod:`vitslim.evaluate.speedup`), says whether int8
-pays for that layer kind, runtime and batch size here; OpenVINO's default float precision (bf16
-on CPUs that have it) is compared with f32 the same way. Each graph is one layer: the
-quantization (or precision conversion) at its input weighs more than inside a whole model, so a
-layer kind that pays here pays in the model; one that does not may still be close.
+The probe exports the model cut to its first transformer block (stem, one block, norm and head:
+the real weights and token count) three times: in float; with int8 Linears (W8A8 as the ``cpu``
+recipe lays it out: per-channel int8 weights, per-tensor activations); and with int8 ``q @ kᵀ``
+too (symmetric q and k, the layout OpenVINO fuses into an int8 attention kernel). The three files
+are timed side by side in each runtime (:mod:`vitslim.runtimes.timing`: interleaved, paired
+rounds), and each layer kind is judged in the context a runtime fuses it in: ``linear`` (int8
+Linears against float) and ``attention`` (int8 ``q @ kᵀ`` against the int8-Linear file), each
+against its own noise (:mod:`vitslim.evaluate.speedup`); OpenVINO's default float precision (bf16
+on CPUs that have it) against f32 the same way (layer ``block``). One-layer graphs cannot see the
+fused attention kernel, which is where OpenVINO's int8 attention pays.
 """
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnx
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from torch import nn
 
 from vitslim.errors import UserError
 from vitslim.evaluate.speedup import speedup
 from vitslim.runtimes import Deployed
 from vitslim.runtimes.timing import time_variants
 
-__all__ = ["LAYERS", "ProbeShape", "probe_shape", "probe_graphs", "probe", "int8_pays"]
+__all__ = ["LAYERS", "FILES", "ProbeShape", "probe_shape", "first_block", "probe_files", "probe", "int8_pays"]
 
-#: the layer kinds probed
-LAYERS = ("linear", "attention")
-OPSET = 18
-#: the ONNX IR version of opset 18 (onnx.helper would write its newest, which runtimes may not read yet)
-IR_VERSION = 8
+#: layer kind -> (the probe file with it in int8, the file it is compared with)
+LAYERS = {"linear": ("int8-linear", "fp32"), "attention": ("int8-attention", "int8-linear")}
+#: the probe's files, in the order they are timed
+FILES = ("fp32", "int8-linear", "int8-attention")
+#: random images the int8 files are calibrated on (their speed, not their accuracy, is measured)
+CALIBRATION_IMAGES = 4
 
 
 @dataclass(frozen=True)
@@ -66,105 +66,70 @@ def probe_shape(model: torch.nn.Module, input_size: tuple[int, ...]) -> ProbeSha
     return ProbeShape(tokens=seen[0][1], dim=fc1.in_features, hidden=fc1.out_features, heads=int(attn.num_heads))
 
 
-def _qdq(name: str, zero_point_type: int, scale: float, axis_scales: np.ndarray | None = None) -> tuple[list, list]:
-    """QuantizeLinear -> DequantizeLinear of tensor ``name`` (per tensor; ``axis_scales``: weights,
-    stored as int8 codes and only dequantized), its nodes and initializers."""
-    if axis_scales is not None:
-        inits = [
-            numpy_helper.from_array(axis_scales.astype(np.float32), f"{name}_scale"),
-            numpy_helper.from_array(np.zeros(axis_scales.shape, np.int8), f"{name}_zp"),
-        ]
-        return [
-            helper.make_node("DequantizeLinear", [name, f"{name}_scale", f"{name}_zp"], [f"{name}_dq"], axis=1)
-        ], inits
-    zp = np.array(128, np.uint8) if zero_point_type == TensorProto.UINT8 else np.array(0, np.int8)
-    inits = [
-        numpy_helper.from_array(np.array(scale, np.float32), f"{name}_scale"),
-        numpy_helper.from_array(zp, f"{name}_zp"),
-    ]
-    nodes = [
-        helper.make_node("QuantizeLinear", [name, f"{name}_scale", f"{name}_zp"], [f"{name}_q"]),
-        helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_scale", f"{name}_zp"], [f"{name}_dq"]),
-    ]
-    return nodes, inits
+def first_block(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with only its first transformer block (``model.blocks[0]``); the rest of
+    the model (patch embedding, tokens, final norm, head) is kept, and ``model`` is left as it was."""
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, nn.Sequential) or len(blocks) == 0:
+        raise UserError("the model has no 'blocks' sequence of transformer blocks: not a ViT vitslim probes")
+    model.blocks = blocks[:1]
+    try:
+        return copy.deepcopy(model).eval().cpu()
+    finally:
+        model.blocks = blocks
 
 
-def _model(nodes: list, inits: list, inputs: list, output: str, name: str) -> onnx.ModelProto:
-    out = helper.make_tensor_value_info(output, TensorProto.FLOAT, None)
-    graph = helper.make_graph(nodes, name, inputs, [out], initializer=inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+def probe_files(model: nn.Module, input_size: tuple[int, ...], folder: Path, seed: int = 0) -> dict[str, Path]:
+    """The probe's ONNX files of ``model``'s first block (:data:`FILES`, module docstring) in ``folder``."""
+    from vitslim.compress.quant import QuantConfig, quantize_
+    from vitslim.compress.quant.placement import quant_points
+    from vitslim.export.onnx_export import export_onnx
+    from vitslim.export.qdq import export_quantized_onnx
 
-
-def probe_graphs(shape: ProbeShape, batch: int, seed: int = 0) -> dict[str, tuple[onnx.ModelProto, tuple[int, ...]]]:
-    """``{"<layer>-<fp32|int8>": (graph, input size of one image)}`` at a static ``batch``."""
-    rng = np.random.default_rng(seed)
-    graphs = {}
-    tokens, dim, hidden, heads = shape.tokens, shape.dim, shape.hidden, shape.heads
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, tokens, dim])
-    weight = rng.standard_normal((dim, hidden)).astype(np.float32) * dim**-0.5
-    for precision in ("fp32", "int8"):
-        if precision == "fp32":
-            nodes, inits, a, w = [], [numpy_helper.from_array(weight, "w")], "x", "w"
-        else:
-            scales = np.abs(weight).max(axis=0) / 127
-            codes = np.clip(np.round(weight / scales), -127, 127).astype(np.int8)
-            nodes, inits = _qdq("x", TensorProto.UINT8, 4 / 255)  # u8 around 128: [-2, 2]
-            w_nodes, w_inits = _qdq("w", TensorProto.INT8, 0.0, axis_scales=scales)
-            nodes, inits = nodes + w_nodes, [*inits, numpy_helper.from_array(codes, "w"), *w_inits]
-            a, w = "x_dq", "w_dq"
-        nodes.append(helper.make_node("MatMul", [a, w], ["y"]))  # no bias: ORT would fold it into a float Gemm
-        graphs[f"linear-{precision}"] = (_model(nodes, inits, [x], "y", "linear"), (tokens, dim))
-    head_dim = dim // heads
-    q = helper.make_tensor_value_info("q", TensorProto.FLOAT, [batch, heads, tokens, head_dim])
-    for precision in ("fp32", "int8"):
-        nodes = [helper.make_node("Transpose", ["q"], ["kt"], perm=[0, 1, 3, 2])]
-        inits, a, b = [], "q", "kt"
-        if precision == "int8":  # q and kᵀ quantized as they enter the matmul, as vitslim exports them
-            for name in ("q", "kt"):
-                more_nodes, more_inits = _qdq(name, TensorProto.INT8, 4 / 127)
-                nodes, inits = nodes + more_nodes, inits + more_inits
-            a, b = "q_dq", "kt_dq"
-        nodes.append(helper.make_node("MatMul", [a, b], ["y"]))
-        graphs[f"attention-{precision}"] = (_model(nodes, inits, [q], "y", "attention"), (heads, tokens, head_dim))
-    return graphs
+    block = first_block(model)
+    paths = {"fp32": export_onnx(block, folder / "fp32.onnx", input_size)}
+    images = torch.randn(CALIBRATION_IMAGES, *input_size, generator=torch.Generator().manual_seed(seed))
+    quantize_(block, QuantConfig.preset("w8a8-cpu"), [images], search="minmax", progress=False, seed=seed)
+    attention = export_quantized_onnx(block, folder / "int8-attention.onnx", input_size).path
+    for point in quant_points(block).values():
+        point.enabled = point.kind != "qk"
+    paths["int8-linear"] = export_quantized_onnx(block, folder / "int8-linear.onnx", input_size).path
+    paths["int8-attention"] = attention
+    return paths
 
 
 def probe(
-    shape: ProbeShape,
+    model: nn.Module,
+    input_size: tuple[int, ...],
     runtimes: Sequence[str],
     batch_sizes: Sequence[int] = (1, 16),
     threads: int = 0,
     runs: int = 15,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """Per runtime, layer kind and batch size: float against int8 (``int8_pays``), and for runtimes
-    with a reduced default float precision (OpenVINO's bf16) that precision against f32
-    (``bf16_pays``); every row with both p50s, the ratio, its per-round range and its verdict."""
-    rows = []
+    """Per batch size, runtime and layer kind: int8 against float (``pays``: faster beyond the
+    noise), and for runtimes with a reduced default float precision (OpenVINO's bf16) that precision
+    against f32; every row with both p50s, the ratio, its per-round range and its verdict."""
     with tempfile.TemporaryDirectory() as tmp:
-        for batch in batch_sizes:
-            deployed = []
-            for name, (graph, input_size) in probe_graphs(shape, batch).items():
-                path = Path(tmp) / f"{name}-b{batch}.onnx"
-                onnx.save(graph, path)
-                fp32 = name.endswith("fp32")
-                deployed.append(Deployed(name, None, path, input_size, torch.device("cpu"), baseline=fp32))
-            latency = time_variants(deployed, runtimes, [batch], threads, warmup=2, runs=runs, progress=progress)
-            for runtime in runtimes:
-                for layer in LAYERS:
-                    rows += _rows(latency, runtime, layer, batch)
-    return rows
+        paths = probe_files(model, input_size, Path(tmp))
+        deployed = [
+            Deployed(name, None, paths[name], tuple(input_size), torch.device("cpu"), baseline=name == "fp32")
+            for name in FILES
+        ]
+        latency = time_variants(deployed, runtimes, batch_sizes, threads, warmup=2, runs=runs, progress=progress)
+    return [row for batch in batch_sizes for runtime in runtimes for row in _rows(latency, runtime, batch)]
 
 
-def _rows(latency: dict[str, list], runtime: str, layer: str, batch: int) -> list[dict[str, Any]]:
-    """The probe's rows of one runtime, layer kind and batch size from :func:`time_variants`' latency."""
-    float_entries = [e for e in latency[f"{layer}-fp32"] if e.runtime == runtime]
-    (int8,) = [e for e in latency[f"{layer}-int8"] if e.runtime == runtime]
-    deployed_float = float_entries[0]
-    rows = [_row(runtime, layer, batch, "int8", deployed_float, int8)]
-    if len(float_entries) > 1:  # also timed in exact f32: the default is a reduced precision (bf16)
-        reduced = deployed_float.device.removeprefix("CPU (").removesuffix(")")
-        rows.append(_row(runtime, layer, batch, reduced, float_entries[1], deployed_float))
+def _rows(latency: dict[str, list], runtime: str, batch: int) -> list[dict[str, Any]]:
+    """The probe's rows of one runtime and batch size from :func:`time_variants`' latency."""
+    entries = {name: [e for e in latency[name] if (e.runtime, e.batch) == (runtime, batch)] for name in FILES}
+    rows = [
+        _row(runtime, layer, batch, "int8", entries[base][0], entries[file][0])
+        for layer, (file, base) in LAYERS.items()
+    ]
+    if len(entries["fp32"]) > 1:  # also timed in exact f32: the default is a reduced precision (bf16)
+        reduced = entries["fp32"][0].device.removeprefix("CPU (").removesuffix(")")
+        rows.append(_row(runtime, "block", batch, reduced, entries["fp32"][1], entries["fp32"][0]))
     return rows
 
 
