@@ -17,8 +17,10 @@ from onnx import numpy_helper
 from tests.helpers import images, meaningful_vit, reducing_scatter_nodes, stored_weight, uniform_cfg
 from vitslim.compress.quant import QuantConfig, SiteSpec, create_quantizer, quant_points, quantize_
 from vitslim.compress.quant.placement import point_owner
+from vitslim.compress.quant.report import stored_types
 from vitslim.compress.tokens import TokenMergeConfig, apply_token_reduction
 from vitslim.evaluate.runtimes import ort_runtime_ops, ort_session
+from vitslim.export.manifest import precision_table
 from vitslim.export.onnx_export import export_onnx
 from vitslim.export.qdq import CODES_SUFFIX, export_quantized_onnx
 from vitslim.export.qdq_modules import ExportAffine, ExportStepFunction, ExportTwinUniform, step_tables
@@ -218,6 +220,7 @@ def test_w4a16_stores_int4_weights_only_and_runs_as_written(tmp_path: Path) -> N
     int4_bytes = sum(t.ByteSize() for t in _graph(packed.path).graph.initializer if t.data_type == onnx.TensorProto.INT4)
     int8_bytes = sum(t.ByteSize() for t in _graph(unpacked.path).graph.initializer if t.data_type == onnx.TensorProto.INT8)
     assert int4_bytes < 0.6 * int8_bytes
+    assert stored_types({"precision": precision_table(packed)}) == "10 int4"  # the report's "weights stored"
     # with ONNX Runtime's fusions (MatMulNBits), float32 activations as the graph says
     assert "MatMulNBits" in ort_runtime_ops(packed.path)
     assert validate_onnx(model, packed.path, images(32, seed=1), max_abs_diff=1e-4, threads=1).passed

@@ -146,4 +146,5 @@ def test_fp8_weights_allowed_per_channel_activations_refused(tmp_path: Path) -> 
     model = quantize_(meaningful_vit(), per_channel, images(8), progress=False)
     with pytest.raises(UserError, match="per-channel fp8 activations"):
         export_quantized_onnx(model, tmp_path / "x.onnx", INPUT)
-    assert math.isfinite(float(model(images(2)).abs().max()))
+    with torch.no_grad():  # PyTorch runs it (fake quantization); only the export refuses it
+        assert math.isfinite(float(model(images(2)).abs().max()))
