@@ -146,7 +146,7 @@ def render_markdown(result: dict) -> str:
         f"- **Command**: `{h['command']}`",
         f"- **Machine**: {device_line(h['environment'])}; load average before the run {result['load_before']}, "
         f"after {result['load_after']}",
-        f"- **Data**: top-1 on {result['data']}; calibration: each recipe's own images from the Fashion-MNIST train split",
+        f"- **Data**: top-1 on {result['data']}; calibration: each recipe's own Fashion-MNIST train images",
         f"- **Created**: {h['created']}",
         "",
         "| variant | weights stored | size MB | vs fp32 | top-1 ORT | top-1 OV | parity ORT | parity OV |",
@@ -177,7 +177,13 @@ def render_markdown(result: dict) -> str:
             cells.append(f"{e['p50_ms']:.1f} ({s['text']})" if r["name"] != "fp32" else f"{e['p50_ms']:.1f}")
         lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
     ran = sorted({f"{e['runtime']} b{e['batch']}: {e['device']}" for r in result["rows"] for e in r["latency"]})
-    lines += ["", f"Where they ran (default precision of each runtime): {'; '.join(ran)}.", "", "Notes of the exports:", ""]
+    lines += [
+        "",
+        f"Where they ran (default precision of each runtime): {'; '.join(ran)}.",
+        "",
+        "Notes of the exports:",
+        "",
+    ]
     for r in result["rows"]:
         for note in r["notes"]:
             lines.append(f"- {r['name']}: {note}")

@@ -217,8 +217,12 @@ def test_w4a16_stores_int4_weights_only_and_runs_as_written(tmp_path: Path) -> N
     ops = [n.op_type for n in _graph(packed.path).graph.node]
     assert "QuantizeLinear" not in ops and ops.count("DequantizeLinear") == packed.graph.int4_weights == 10
     assert {s.onnx_type for s in packed.sites} == {"int4"} and {s.kind for s in packed.sites} == {"weight"}
-    int4_bytes = sum(t.ByteSize() for t in _graph(packed.path).graph.initializer if t.data_type == onnx.TensorProto.INT4)
-    int8_bytes = sum(t.ByteSize() for t in _graph(unpacked.path).graph.initializer if t.data_type == onnx.TensorProto.INT8)
+    int4_bytes = sum(
+        t.ByteSize() for t in _graph(packed.path).graph.initializer if t.data_type == onnx.TensorProto.INT4
+    )
+    int8_bytes = sum(
+        t.ByteSize() for t in _graph(unpacked.path).graph.initializer if t.data_type == onnx.TensorProto.INT8
+    )
     assert int4_bytes < 0.6 * int8_bytes
     assert stored_types({"precision": precision_table(packed)}) == "10 int4"  # the report's "weights stored"
     # with ONNX Runtime's fusions (MatMulNBits), float32 activations as the graph says

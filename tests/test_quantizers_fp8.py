@@ -18,10 +18,12 @@ from tests.quantizer_data import PROP, check_common, weight_data
 from vitslim.compress.quant import Fp8Quantizer, QuantConfig, SiteSpec, create_quantizer, quant_points, quantize_
 from vitslim.errors import UserError
 from vitslim.evaluate.runtimes import ort_session
+from vitslim.export.manifest import precision_table
 from vitslim.export.onnx_export import export_onnx
 from vitslim.export.qdq import FP8_OPSET, export_quantized_onnx
 from vitslim.export.qdq_modules import ExportFp8
 from vitslim.export.validate import validate_onnx
+from vitslim.runtimes.onnxruntime import OnnxRuntime
 
 INPUT = (3, 32, 32)
 
@@ -133,6 +135,8 @@ def test_fp8_preset_exports_float8_qdq_with_parity(tmp_path: Path) -> None:
     # ONNX Runtime's Q/DQ fusions would reject float8 activations: the session keeps them apart
     fused = validate_onnx(model, result.path, images(32, seed=1), max_abs_diff=1e-4, threads=1)
     assert fused.passed and fused.top1_agreement == 1.0
+    variant = {"onnx": {"format": "qdq", "precision": precision_table(result)}}
+    assert "fp8 Q/DQ, dequantized" in OnnxRuntime().ran_in(variant, "CPUExecutionProvider")  # the summary's label
     with pytest.raises(UserError, match="opset >= 19"):
         export_quantized_onnx(model, tmp_path / "old.onnx", INPUT, opset=18)
 
