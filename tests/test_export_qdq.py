@@ -17,8 +17,10 @@ from onnx import numpy_helper
 from tests.helpers import images, meaningful_vit, reducing_scatter_nodes, stored_weight, uniform_cfg
 from vitslim.compress.quant import QuantConfig, SiteSpec, create_quantizer, quant_points, quantize_
 from vitslim.compress.quant.placement import point_owner
+from vitslim.compress.quant.report import stored_types
 from vitslim.compress.tokens import TokenMergeConfig, apply_token_reduction
 from vitslim.evaluate.runtimes import ort_runtime_ops, ort_session
+from vitslim.export.manifest import precision_table
 from vitslim.export.onnx_export import export_onnx
 from vitslim.export.qdq import CODES_SUFFIX, export_quantized_onnx
 from vitslim.export.qdq_modules import ExportAffine, ExportStepFunction, ExportTwinUniform, step_tables
@@ -186,9 +188,9 @@ def test_per_channel_activations_are_emulated(tmp_path: Path) -> None:
     assert validate_onnx(model, result.path, inputs, threshold=0.9, threads=1).passed  # fused integer kernels
 
 
-def test_w4a8_int8_containers_and_int4_at_opset21(tmp_path: Path) -> None:
+def test_w4a8_int8_containers_at_opset18_and_int4_by_default(tmp_path: Path) -> None:
     model = _quantized(uniform_cfg(4, 8))
-    result = export_quantized_onnx(model, tmp_path / "w4a8.onnx", INPUT)
+    result = export_quantized_onnx(model, tmp_path / "w4a8.onnx", INPUT, opset=18)
     _check_layout(model, _graph(result.path))
     weights = [s for s in result.sites if s.kind == "weight"]
     assert all(s.onnx_type == "int8" and "int8 container" in s.note for s in weights)
@@ -198,12 +200,34 @@ def test_w4a8_int8_containers_and_int4_at_opset21(tmp_path: Path) -> None:
             assert codes.min() >= -7 and codes.max() <= 7
     assert validate_onnx(model, result.path, images(32, seed=1), max_abs_diff=1e-4, optimize=False, threads=1).passed
 
-    packed = export_quantized_onnx(model, tmp_path / "w4a8_int4.onnx", INPUT, opset=21)
+    assert any("int8 containers" in n for n in result.notes)
+    packed = export_quantized_onnx(model, tmp_path / "w4a8_int4.onnx", INPUT)
+    assert packed.opset == 21
     int4 = [t for t in _graph(packed.path).graph.initializer if t.data_type == onnx.TensorProto.INT4]
     assert len(int4) == packed.graph.int4_weights == 10
     assert all(s.onnx_type == "int4" for s in packed.sites if s.kind == "weight")
     assert packed.path.stat().st_size < result.path.stat().st_size
     assert validate_onnx(model, packed.path, images(32, seed=1), max_abs_diff=1e-4, optimize=False, threads=1).passed
+
+
+def test_w4a16_stores_int4_weights_only_and_runs_as_written(tmp_path: Path) -> None:
+    model = _quantized(QuantConfig.preset("w4a16"))
+    packed = export_quantized_onnx(model, tmp_path / "w4a16.onnx", INPUT)
+    unpacked = export_quantized_onnx(model, tmp_path / "w4a16_int8.onnx", INPUT, opset=18)
+    ops = [n.op_type for n in _graph(packed.path).graph.node]
+    assert "QuantizeLinear" not in ops and ops.count("DequantizeLinear") == packed.graph.int4_weights == 10
+    assert {s.onnx_type for s in packed.sites} == {"int4"} and {s.kind for s in packed.sites} == {"weight"}
+    int4_bytes = sum(
+        t.ByteSize() for t in _graph(packed.path).graph.initializer if t.data_type == onnx.TensorProto.INT4
+    )
+    int8_bytes = sum(
+        t.ByteSize() for t in _graph(unpacked.path).graph.initializer if t.data_type == onnx.TensorProto.INT8
+    )
+    assert int4_bytes < 0.6 * int8_bytes
+    assert stored_types({"precision": precision_table(packed)}) == "10 int4"  # the report's "weights stored"
+    # with ONNX Runtime's fusions (MatMulNBits), float32 activations as the graph says
+    assert "MatMulNBits" in ort_runtime_ops(packed.path)
+    assert validate_onnx(model, packed.path, images(32, seed=1), max_abs_diff=1e-4, threads=1).passed
 
 
 def test_log_softmax_sites_are_emulated(tmp_path: Path) -> None:

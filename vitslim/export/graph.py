@@ -33,7 +33,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 __all__ = ["GraphReport", "fuse_transposes", "optimize_qdq_graph", "graph_report", "weight_dequantizers"]
 
-INTEGER_TYPES = {TensorProto.INT8: "int8", TensorProto.UINT8: "uint8", TensorProto.INT4: "int4"}
+#: Storage types of quantized codes (float8 E4M3 included: the FP8 exports' codes).
+INTEGER_TYPES = {
+    TensorProto.INT8: "int8",
+    TensorProto.UINT8: "uint8",
+    TensorProto.INT4: "int4",
+    TensorProto.FLOAT8E4M3FN: "float8e4m3fn",
+}
 MATMUL_OPS = ("MatMul", "Gemm")
 
 
@@ -303,6 +309,16 @@ def _split_summed_matmuls(graph: onnx.GraphProto) -> int:
     return done
 
 
+def _int4_tensor(name: str, codes: np.ndarray) -> onnx.TensorProto:
+    """An INT4 tensor of ``codes`` packed two to a byte in ``raw_data`` (first code in the low
+    nibble, as ONNX lays them out): half a byte per code in the file."""
+    nibbles = (codes.astype(np.int8).reshape(-1) & 0x0F).astype(np.uint8)
+    if nibbles.size % 2:
+        nibbles = np.append(nibbles, np.uint8(0))
+    packed = nibbles[0::2] | (nibbles[1::2] << 4)
+    return helper.make_tensor(name, TensorProto.INT4, codes.shape, packed.tobytes(), raw=True)
+
+
 def _to_int4(graph: onnx.GraphProto, names: Iterable[str]) -> int:
     names = set(names)
     done = 0
@@ -311,7 +327,7 @@ def _to_int4(graph: onnx.GraphProto, names: Iterable[str]) -> int:
             codes = numpy_helper.to_array(init)
             if codes.min() < -8 or codes.max() > 7:
                 raise ValueError(f"{init.name} holds codes outside int4: [{codes.min()}, {codes.max()}]")
-            init.CopyFrom(helper.make_tensor(init.name, TensorProto.INT4, codes.shape, codes.flatten().tolist()))
+            init.CopyFrom(_int4_tensor(init.name, codes))
             done += 1
     return done
 

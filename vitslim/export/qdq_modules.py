@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from vitslim.compress.quant.base import Quantizer, UnsignedQuantizer
+from vitslim.compress.quant.fp8 import FP8_MAX, Fp8Quantizer, fp8_bytes, fp8_round
 from vitslim.compress.quant.placement import QuantPoint, point_owner
 from vitslim.compress.quant.twin_uniform import TwinUniformQuantizer
 from vitslim.compress.quant.uniform import UniformQuantizer
@@ -24,6 +25,7 @@ from vitslim.errors import UserError
 __all__ = [
     "ExportAffine",
     "ExportChannelAffine",
+    "ExportFp8",
     "ExportTwinUniform",
     "ExportWeight",
     "ExportStepFunction",
@@ -66,6 +68,31 @@ class ExportAffine(nn.Module):
         q = _qd.quantize_per_tensor(xf, self.scale, self.zero, self.qmin, self.qmax, self.dtype)
         out = _qd.dequantize_per_tensor(q, self.scale, self.zero, self.qmin, self.qmax, self.dtype)
         return out.to(x.dtype)
+
+
+class ExportFp8(nn.Module):
+    """Export form of a per-tensor FP8 E4M3 activation quantizer: ``QuantizeLinear -> DequantizeLinear``
+    with a float8e4m3fn zero point (opset >= 19; QuantizeLinear saturates to ±448 and rounds to
+    nearest even, which is :class:`~vitslim.compress.quant.fp8.Fp8Quantizer`'s arithmetic).
+
+    While the exporter traces it, the float8 Q/DQ ops; run eagerly, the quantizer's own cast
+    (``torch.ops.quantized_decomposed`` rounds to integers before casting, right for the graph
+    it traces to, not for its eager values).
+    """
+
+    def __init__(self, quantizer: Fp8Quantizer) -> None:
+        super().__init__()
+        if quantizer.channel_axis is not None:
+            raise UserError("per-channel fp8 activations cannot be exported: use per-tensor fp8 on activation sites")
+        self.scale = float(quantizer.scale.detach().float().cpu())
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        if not torch.compiler.is_exporting():
+            return (fp8_round(xf / self.scale) * self.scale).to(x.dtype)
+        f8 = torch.float8_e4m3fn
+        q = _qd.quantize_per_tensor(xf, self.scale, 0, -int(FP8_MAX), int(FP8_MAX), f8)
+        return _qd.dequantize_per_tensor(q, self.scale, 0, -int(FP8_MAX), int(FP8_MAX), f8).to(x.dtype)
 
 
 class ExportChannelAffine(nn.Module):
@@ -132,16 +159,22 @@ class ExportWeight(nn.Module):
     exactly the fake-quantized weight.
     """
 
-    def __init__(self, quantizer: UniformQuantizer, weight: Tensor) -> None:
+    def __init__(self, quantizer: UniformQuantizer | Fp8Quantizer, weight: Tensor) -> None:
         super().__init__()
-        qmin, qmax = quantizer.code_range()
-        self.dtype, _, _ = _container(qmin, qmax)
-        self.qmin, self.qmax = qmin, qmax
         with torch.no_grad():
             codes = quantizer.quantize(weight.detach().float())
-        self.register_buffer("codes", codes.to(self.dtype).cpu())
+        if isinstance(quantizer, Fp8Quantizer):  # float8 bytes, zero point 0
+            self.dtype, self.qmin, self.qmax = torch.float8_e4m3fn, -int(FP8_MAX), int(FP8_MAX)
+            codes = fp8_bytes(codes)
+            zeros = torch.zeros_like(quantizer.scale, dtype=torch.int64)
+        else:
+            self.qmin, self.qmax = quantizer.code_range()
+            self.dtype, _, _ = _container(self.qmin, self.qmax)
+            codes = codes.to(self.dtype)
+            zeros = quantizer.zero_point.detach().to(torch.int64)
+        self.register_buffer("codes", codes.cpu())
         self.register_buffer("scales", quantizer.scale.detach().float().cpu().clone())
-        self.register_buffer("zeros", quantizer.zero_point.detach().to(torch.int64).cpu().clone())
+        self.register_buffer("zeros", zeros.cpu().clone())
         self.axis = None if quantizer.channel_axis is None else quantizer.channel_axis % weight.dim()
         self.out_dtype = weight.dtype
 
@@ -254,6 +287,10 @@ def _probe_values(thresholds: Tensor) -> Tensor:
 def export_module(model: nn.Module, point: QuantPoint) -> tuple[nn.Module, str, str]:
     """(export module, mode, container) of one enabled point."""
     q = point.quantizer
+    if isinstance(q, Fp8Quantizer):
+        if point.kind == "weight":
+            return ExportWeight(q, point_owner(model, point).weight), "accelerated", "weight"
+        return ExportFp8(q), "accelerated", "activation"
     if isinstance(q, UniformQuantizer):
         if point.kind == "weight":
             return ExportWeight(q, point_owner(model, point).weight), "accelerated", "weight"

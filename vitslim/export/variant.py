@@ -17,7 +17,7 @@ from vitslim.compress.quant import is_quantized
 from vitslim.evaluate.device import module_device
 from vitslim.export.manifest import precision_table
 from vitslim.export.onnx_export import DEFAULT_OPSET, save_onnx, trace_onnx, with_weights
-from vitslim.export.qdq import QDQ_OPSET, export_quantized_onnx
+from vitslim.export.qdq import export_quantized_onnx
 
 __all__ = ["export_variant", "graph_signature"]
 
@@ -54,7 +54,7 @@ def export_variant(
         if graphs is not None:
             graphs[name] = graph
         return save_onnx(graph, path), DEFAULT_OPSET, info
-    export = export_quantized_onnx(model, path, input_size, opset=QDQ_OPSET)
+    export = export_quantized_onnx(model, path, input_size)
     info = {
         "format": "qdq",
         "accelerated_sites": len(export.accelerated),

@@ -37,5 +37,14 @@ class OnnxRuntime(Runtime):
         return f"onnxruntime:{path.name}", evaluate_onnx(path, data, threads, progress)
 
     def ran_in(self, variant: dict[str, Any], device: str) -> str:
-        quantized = (variant.get("onnx") or {}).get("format") == "qdq"
-        return f"ONNX Runtime {device.removesuffix('ExecutionProvider')}, {'int8 Q/DQ' if quantized else 'fp32'}"
+        onnx = variant.get("onnx") or {}
+        ran = _qdq_label(onnx) if onnx.get("format") == "qdq" else "fp32"
+        return f"ONNX Runtime {device.removesuffix('ExecutionProvider')}, {ran}"
+
+
+def _qdq_label(onnx: dict[str, Any]) -> str:
+    """``int8 Q/DQ``, ``int4/int8 Q/DQ`` ... by the weights' stored types; fp8 says it runs dequantized."""
+    types = {row["onnx_type"] for row in (onnx.get("precision") or {}).values() if row["kind"] == "weight"}
+    if "float8e4m3fn" in types:
+        return "fp8 Q/DQ, dequantized to float (no FP8 kernels on a CPU)"
+    return f"{'/'.join(sorted(t for t in types if t in ('int4', 'int8', 'uint8'))) or 'int8'} Q/DQ"

@@ -6,7 +6,7 @@ of fake-quantizers sharing the :class:`Quantizer` interface: ``calibrate(x)``,
 ``config()`` + ``state_dict()`` for saving.
 
 Registered: ``uniform``, ``log2``, ``logsqrt2``, ``adalog``, ``tanq`` (TanQ-style),
-``twin_uniform``.
+``twin_uniform``, ``fp8`` (E4M3).
 
 On a timm ViT: ``quantize_(model, QuantConfig.uniform(8, 8), calib_loader)`` reparameterises,
 places a fake quantizer on every configured site (``find_sites``) and calibrates it;
@@ -18,6 +18,7 @@ from .apply import quantize_
 from .base import MAX_BITS, MIN_BITS, Quantizer, UnsignedQuantizer
 from .calibration import calibrate_model
 from .config import PRESETS, QuantConfig, SiteSpec
+from .fp8 import Fp8Quantizer
 from .logarithmic import GELU_SHIFT, AdaLogQuantizer, Log2Quantizer, LogSqrt2Quantizer
 from .placement import (
     QuantPoint,
@@ -71,6 +72,7 @@ __all__ = [
     "AdaLogQuantizer",
     "TanQuantizer",
     "TwinUniformQuantizer",
+    "Fp8Quantizer",
     "SITE_KINDS",
     "Site",
     "find_sites",

@@ -33,6 +33,8 @@ WEIGHT_OPTIONS = {"symmetric": True, "channel_axis": 0}
 #: Kinds whose values are non-negative (after the GELU shift): the only ones unsigned
 #: quantizers (log2, logsqrt2, adalog, tanq, twin_uniform) may be placed on.
 UNSIGNED_KINDS = ("post_softmax", "post_gelu")
+#: Quantizers allowed on weights (zero stays exactly zero: uniform ones when symmetric, fp8 always).
+WEIGHT_QUANTIZERS = ("uniform", "fp8")
 
 
 def kind_options(kind: str, spec: SiteSpec) -> dict[str, Any]:
@@ -87,6 +89,10 @@ def _uniform(bits: int) -> SiteSpec:
 
 def _weight(bits: int) -> SiteSpec:
     return SiteSpec("uniform", bits, dict(WEIGHT_OPTIONS))
+
+
+def _fp8(options: Mapping[str, Any] | None = None) -> SiteSpec:
+    return SiteSpec("fp8", 8, dict(options or {}))
 
 
 @dataclass(frozen=True)
@@ -152,7 +158,8 @@ class QuantConfig:
         if spec is not None:
             _check_spec(site.kind, spec, f"site {site.name!r}")
         cap = self.max_weight_bits
-        if spec is not None and site.kind == "weight" and cap is not None and spec.bits > cap:
+        capped = spec is not None and spec.quantizer == "uniform" and cap is not None and spec.bits > cap
+        if capped and site.kind == "weight":
             spec = dataclasses.replace(spec, bits=cap)
         return spec
 
@@ -235,9 +242,9 @@ def _check_spec(kind: str, spec: SiteSpec, where: str) -> None:
         raise UserError(f"{where} must be a SiteSpec or None, got {type(spec).__name__}")
     if kind == "weight":
         opts = kind_options(kind, spec)
-        if spec.quantizer != "uniform" or not opts.get("symmetric", False):
+        if spec.quantizer not in WEIGHT_QUANTIZERS or not opts.get("symmetric", False):
             raise UserError(
-                f"{where}: weights need a symmetric uniform quantizer so that zeros stay zero "
+                f"{where}: weights need a symmetric uniform (or fp8) quantizer so that zeros stay zero "
                 f"(2:4 sparsity relies on it), got {spec.quantizer!r} with options {spec.options}"
             )
     elif spec.options.get("channel_axis") not in (None, -1):
@@ -265,6 +272,20 @@ PRESETS = {
         v=None,
         ln_reparam="mad",
         attn_reparam="mad",
+    ),
+    # FP8 E4M3 everywhere (per-channel weights, per-tensor activations): what Hopper/Ada GPUs run
+    "fp8": lambda: QuantConfig(
+        weight=_fp8(WEIGHT_OPTIONS),
+        post_ln=_fp8(),
+        post_gelu=_fp8(),
+        post_softmax=_fp8(),
+        qk=_fp8(),
+        v=_fp8(),
+        generic=_fp8(),
+    ),
+    # weight-only: 4-bit symmetric per-channel weights (int4 in the file), activations float
+    "w4a16": lambda: QuantConfig(
+        weight=_weight(4), post_ln=None, post_gelu=None, post_softmax=None, qk=None, v=None, generic=None
     ),
     "w6a6": lambda: QuantConfig.uniform(6, 6),
     "w6a6-log": lambda: QuantConfig.log(

@@ -4,6 +4,7 @@ the bits-per-layer and sensitivity figures."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, TypedDict
 
 from vitslim.report.figures import COLORS, new_figure, to_png
@@ -65,6 +66,12 @@ def _mixed_precision_text(name: str, mp: dict) -> str:
     return text
 
 
+def stored_types(onnx: dict) -> str:
+    """What the file stores the quantized weights in, e.g. ``60 int4, 12 int8`` (``n/a`` without a table)."""
+    counts = Counter(row["onnx_type"] for row in (onnx.get("precision") or {}).values() if row["kind"] == "weight")
+    return ", ".join(f"{n} {t}" for t, n in sorted(counts.items(), key=lambda kv: str(kv[0]))) or "n/a"
+
+
 def quant_section(variants: list[dict]) -> list[str]:
     """Per quantized variant: sites and bits, how the ONNX file carries them, mixed-precision costs."""
     quantized = _quantized(variants)
@@ -81,10 +88,13 @@ def quant_section(variants: list[dict]) -> list[str]:
                 _bit_counts(sites, weights=True),
                 _bit_counts(sites, weights=False),
                 str(onnx.get("format", "n/a")),
+                stored_types(onnx),
+                fmt_mb(v.get("size_bytes")),
             ]
         )
     lines = ["", "## Quantization", ""]
-    lines += md_table(["variant", "quantized sites", "weights", "activations", "ONNX format"], rows)
+    header = ["variant", "quantized sites", "weights", "activations", "ONNX format", "weights stored", "file"]
+    lines += md_table(header, rows)
     for v in quantized:
         if v.get("mixed_precision"):
             lines += ["", _mixed_precision_text(v["name"], v["mixed_precision"])]

@@ -1,6 +1,7 @@
 """Searching one quantizer's parameters by the error of its layer's output.
 
-Candidates: uniform quantizers clip the observed range by ratios ``k/grid``; the unsigned ones
+Candidates: uniform quantizers clip the observed range by ratios ``k/grid`` (fp8 ones their absolute
+maximum, ``k >= grid/2``); the unsigned ones
 (log2, logsqrt2, adalog, tanq, twin_uniform) use their own candidate grids (e.g. AdaLog: base
 exponent ``k`` x scale). This candidate interface is built on the quantizers' internals
 (``_params_from_range``, ``_candidates``, ``_buckets``, ``_set_params``) without changing them;
@@ -22,6 +23,7 @@ from torch import Tensor
 from vitslim.errors import UserError
 
 from .base import SortedRows, UnsignedQuantizer, kth_quantile, stack_buckets
+from .fp8 import Fp8Quantizer
 from .logarithmic import AdaLogQuantizer
 from .placement import QuantPoint
 from .samplers import pick
@@ -90,6 +92,21 @@ def _uniform_grid(q: UniformQuantizer, values: Tensor) -> _Grid:
     return _Grid((q.grid,), apply, value_errors)
 
 
+def _fp8_grid(q: Fp8Quantizer, values: Tensor) -> _Grid:
+    """The fp8 quantizer's clipping ratios of the observed absolute maximum (widest first)."""
+    amax = q._rows(values).abs().amax(1)
+    ratios = q.clip_ratios().tolist()
+
+    def apply(index: tuple[int, ...]) -> None:
+        q.set_amax(amax * ratios[index[0]])
+
+    def value_errors(sample: Tensor) -> Tensor:
+        rows = q._rows(sample)
+        return torch.stack([Fp8Quantizer.clip_errors(rows, amax * r).mean() for r in ratios])
+
+    return _Grid((len(ratios),), apply, value_errors)
+
+
 def _unsigned_grid(q: UnsignedQuantizer, values: Tensor) -> _Grid:
     """The quantizer's own candidates, as a 2-D grid (parameter x scale) where it has one."""
     params = list(q._candidates(values.reshape(-1).float() + q.shift))
@@ -118,6 +135,8 @@ def _grid(q, values: Tensor) -> _Grid:
         return _uniform_grid(q, values)
     if isinstance(q, UnsignedQuantizer):
         return _unsigned_grid(q, values)
+    if isinstance(q, Fp8Quantizer):
+        return _fp8_grid(q, values)
     raise UserError(f"no calibration search for quantizer {q.name!r}")
 
 
