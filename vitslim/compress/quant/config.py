@@ -21,7 +21,7 @@ from vitslim.errors import UserError
 
 from .base import UnsignedQuantizer
 from .registry import create_quantizer, get_quantizer_class
-from .sites import SITE_KINDS, Site
+from .sites import ACTIVATION_KINDS, SITE_KINDS, Site
 from .uniform import UniformQuantizer
 
 __all__ = ["SiteSpec", "QuantConfig", "LN_TARGETS", "PRESETS", "kind_options"]
@@ -83,6 +83,11 @@ class SiteSpec:
 
 def _uniform(bits: int) -> SiteSpec:
     return SiteSpec("uniform", bits)
+
+
+def _trt_activation() -> SiteSpec:
+    """Symmetric int8 over QuantizeLinear's whole range: TensorRT's explicit INT8 activations."""
+    return SiteSpec("uniform", 8, {"symmetric": True, "narrow": False})
 
 
 def _weight(bits: int) -> SiteSpec:
@@ -263,6 +268,19 @@ PRESETS = {
         qk=SiteSpec("uniform", 8, {"symmetric": True}),
         post_softmax=None,
         v=None,
+        ln_reparam="mad",
+        attn_reparam="mad",
+    ),
+    # laid out for TensorRT's explicit INT8 (and matched against NVIDIA Model Optimizer's ONNX
+    # quantizer, docs/benchmarks.md): every activation symmetric int8 with zero point 0 over the full
+    # [-128, 127] (QuantizeLinear's own saturation: no Clip in front of it), Q/DQ on q, k, the softmax
+    # map and v (TensorRT's fused INT8 attention takes all four); the patch embedding (its input is
+    # the image) and the 10-way head are left float, as Model Optimizer leaves the small head
+    "w8a8-trt": lambda: QuantConfig.uniform(
+        8,
+        8,
+        **{kind: _trt_activation() for kind in ACTIVATION_KINDS},
+        overrides={"patch_embed.*": None, "head.*": None},
         ln_reparam="mad",
         attn_reparam="mad",
     ),

@@ -65,8 +65,18 @@ def _mixed_precision_text(name: str, mp: dict) -> str:
     return text
 
 
+def _tensorrt_text(readiness: dict | None) -> str:
+    """``ready`` or the names of the failed readiness checks (``n/a`` without a Q/DQ export)."""
+    if readiness is None:
+        return "n/a"
+    if readiness["ready"]:
+        return "ready"
+    return "not ready: " + ", ".join(dict.fromkeys(f["check"] for f in readiness["findings"]))
+
+
 def quant_section(variants: list[dict]) -> list[str]:
-    """Per quantized variant: sites and bits, how the ONNX file carries them, mixed-precision costs."""
+    """Per quantized variant: sites and bits, how the ONNX file carries them, whether TensorRT's
+    explicit INT8 takes it (the readiness findings listed below the table), mixed-precision costs."""
     quantized = _quantized(variants)
     if not quantized:
         return []
@@ -81,10 +91,16 @@ def quant_section(variants: list[dict]) -> list[str]:
                 _bit_counts(sites, weights=True),
                 _bit_counts(sites, weights=False),
                 str(onnx.get("format", "n/a")),
+                _tensorrt_text(onnx.get("tensorrt")),
             ]
         )
     lines = ["", "## Quantization", ""]
-    lines += md_table(["variant", "quantized sites", "weights", "activations", "ONNX format"], rows)
+    lines += md_table(["variant", "quantized sites", "weights", "activations", "ONNX format", "TensorRT INT8"], rows)
+    for v in quantized:
+        for finding in ((v.get("onnx") or {}).get("tensorrt") or {}).get("findings", []):
+            nodes = finding["nodes"]
+            where = f" ({len(nodes)}: {', '.join(nodes[:2])}{', ...' if len(nodes) > 2 else ''})" if nodes else ""
+            lines.append(f"- {v['name']}, TensorRT `{finding['check']}`: {finding['message']}{where}")
     for v in quantized:
         if v.get("mixed_precision"):
             lines += ["", _mixed_precision_text(v["name"], v["mixed_precision"])]
