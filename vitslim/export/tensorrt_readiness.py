@@ -181,13 +181,10 @@ def _qdq_findings(g: _Graph) -> list[Finding]:
             scale = g.constant(node.input[1])
             if (scale is None or scale.size != 1) and not g.is_weight(node.input[0]):
                 per_axis_act.append(_label(node))
-        else:
-            source = node.input[0]
-            kind = g.const_type(source) if g.const_type(source) is not None else None
+        else:  # a stored weight's type, or its zero point's; one after a QuantizeLinear is checked there
+            kind = g.const_type(node.input[0])
             if kind is None and len(node.input) > 2 and node.input[2]:
                 kind = g.const_type(node.input[2])
-            if kind is None and g.op(source) == "QuantizeLinear":
-                continue  # its QuantizeLinear is checked
         if kind not in (TensorProto.INT8, None):
             wrong_type.append(f"{_label(node)} ({TensorProto.DataType.Name(kind).lower()})")
     findings = []
