@@ -69,7 +69,8 @@ def check_report(report: dict, out: Path) -> None:
         sites = variants[-1]["quantization"]["sites"]
         gptq = variants[-1]["quantization"]["gptq"]  # recorded when the recipe rounds with GPTQ
         assert (gptq is not None) == report["recipe"]["stages"]["quant"]["gptq"]
-        assert gptq is None or len(gptq["layers"]) == 4 * TINY_DEPTH + 1  # qkv, proj, fc1, fc2 per block + head
+        head = int("head.weight" in sites)  # w8a8-trt keeps the head float
+        assert gptq is None or len(gptq["layers"]) == 4 * TINY_DEPTH + head  # qkv, proj, fc1, fc2 per block + head
         mixed = report["recipe"]["stages"]["quant"]["mixed_precision"]
         weight_bits = {s["bits"] for s in sites.values() if s["kind"] == "weight"}
         if mixed is None:
@@ -116,6 +117,11 @@ def test_builtin_recipes_end_to_end(tmp_path: Path, image_folder: Path, name: st
         assert f"| {stage} | `model_{stage}.xml` |" in result.output  # the OpenVINO table
     if "tokens" in stages:
         assert "tokens per block 65 → " in result.output
+    if stages.get("quant", {}).get("preset") == "w8a8-trt":  # laid out for TensorRT: no readiness finding
+        last = report["variants"][-1]["onnx"]
+        assert last["tensorrt_int8_ready"] and last["tensorrt"]["findings"] == []
+        assert last["tensorrt"]["attention_blocks"] == TINY_DEPTH
+        assert "| quant | " in result.output and "| ready |" in (out / "report.md").read_text()
     if stages.get("tokens", {}).get("schedule") == "constant":  # r >= 1 in every block
         tokens = report["variants"][-1]["tokens_per_layer"]
         assert all(a > b for a, b in zip(tokens, tokens[1:], strict=False))

@@ -15,7 +15,7 @@ from vitslim.models import load_model
 from vitslim.pipeline import StageContext, build_variants
 from vitslim.recipes import list_recipes, load_recipe, parse_recipe
 
-QUANT_RECIPES = ["w8a8", "w6a6-log", "w4a4-uniform", "w4a4-adalog", "w4a4-tanq"]
+QUANT_RECIPES = ["w8a8", "w8a8-trt", "w6a6-log", "w4a4-uniform", "w4a4-adalog", "w4a4-tanq"]
 
 
 def tiny_loaded():

@@ -89,6 +89,17 @@ def test_uniform_activation_channel_axis_last_and_conv_weight():
     check_common(qc, conv)
 
 
+def test_symmetric_full_range_reaches_minus_128_with_the_same_scale():
+    x = torch.tensor([-2.0, -0.5, 0.0, 1.0, 1.27])
+    narrow = UniformQuantizer(8, symmetric=True, method="minmax").calibrate(x)
+    full = UniformQuantizer(8, symmetric=True, narrow=False, method="minmax").calibrate(x)
+    assert narrow.code_range() == (-127, 127) and full.code_range() == (-128, 127)
+    assert float(full.scale) == float(narrow.scale) == pytest.approx(2.0 / 127) and int(full.zero_point) == 0
+    below = torch.tensor([-2.0 * 128 / 127, -3.0])  # one step past the bound, and beyond
+    assert full.quantize(below).tolist() == [-128, -128] and narrow.quantize(below).tolist() == [-127, -127]
+    assert create_quantizer("uniform", 8, **full.config()["options"]).narrow is False
+
+
 def test_uniform_asymmetric_minmax_matches_formula():
     x = torch.tensor([-1.0, -0.25, 0.0, 0.5, 3.0])
     q = UniformQuantizer(4, method="minmax").calibrate(x)

@@ -100,6 +100,7 @@ def write_manifest(
             "emulated_sites": len(export.emulated),
             "tensorrt_int8_ready": export.tensorrt_int8_ready,
             "tensorrt_issues": export.tensorrt_issues,
+            "tensorrt": export.tensorrt.to_dict(),
             "notes": list(export.notes),
             "graph": {k: v for k, v in export.graph.to_dict().items() if k not in ("ops", "weights")},
         }

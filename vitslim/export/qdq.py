@@ -71,6 +71,7 @@ from .qdq_modules import (
     ExportWeight,
     export_module,
 )
+from .tensorrt_readiness import Readiness, tensorrt_readiness
 
 __all__ = [
     "QDQ_OPSET",
@@ -124,6 +125,7 @@ class QuantExport:
     input_size: tuple[int, ...]
     sites: list[SiteExport]
     graph: GraphReport
+    tensorrt: Readiness
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -136,25 +138,13 @@ class QuantExport:
 
     @property
     def tensorrt_int8_ready(self) -> bool:
-        """Whether every Q/DQ site follows TensorRT's explicit INT8 rules (signed, zero point 0,
-        per-tensor activations) and nothing is emulated."""
-        return not self.tensorrt_issues
+        """Whether the graph passes every check of :func:`~.tensorrt_readiness.tensorrt_readiness`."""
+        return self.tensorrt.ready
 
     @property
     def tensorrt_issues(self) -> list[str]:
-        issues = []
-        asym = [s.site for s in self.sites if s.mode == "accelerated" and s.onnx_type == "uint8"]
-        if asym:
-            issues.append(
-                f"{len(asym)} site(s) use uint8 with a zero point (asymmetric quantizers, e.g. {asym[0]}); "
-                "TensorRT's explicit quantization takes int8 with zero point 0 only (use symmetric activations)"
-            )
-        per_channel = [s.site for s in self.sites if s.kind != "weight" and s.axis is not None]
-        if per_channel:
-            issues.append(f"{len(per_channel)} per-channel activation site(s), e.g. {per_channel[0]}")
-        if self.emulated:
-            issues.append(f"{len(self.emulated)} emulated site(s) run as float ops, not integer kernels")
-        return issues
+        """The readiness findings, one line each (check name first)."""
+        return [str(f) for f in self.tensorrt.findings]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -165,6 +155,7 @@ class QuantExport:
             "emulated": len(self.emulated),
             "tensorrt_int8_ready": self.tensorrt_int8_ready,
             "tensorrt_issues": self.tensorrt_issues,
+            "tensorrt": self.tensorrt.to_dict(),
             "graph": self.graph.to_dict(),
             "notes": list(self.notes),
             "sites": [s.to_dict() for s in self.sites],
@@ -306,4 +297,4 @@ def export_quantized_onnx(
     emulated = [s for s in sites if s.mode == "emulated"]
     if emulated:
         notes.append(f"{len(emulated)} non-uniform site(s) are emulated with float ops (no integer kernel)")
-    return QuantExport(path, opset, tuple(input_size), sites, report, notes)
+    return QuantExport(path, opset, tuple(input_size), sites, report, tensorrt_readiness(proto), notes)

@@ -8,7 +8,7 @@ present. Otherwise it writes the equivalent ``trtexec`` command next to the ONNX
 A Q/DQ model (:func:`~vitslim.export.qdq.export_quantized_onnx`) is built with explicit
 quantization: TensorRT takes its scales from the graph, ``int8`` only allows the INT8 kernels.
 TensorRT's explicit INT8 needs signed int8 with zero point 0 (symmetric quantizers); see
-``QuantExport.tensorrt_issues``.
+:func:`~vitslim.export.tensorrt_readiness.tensorrt_readiness` (``QuantExport.tensorrt_issues``).
 """
 
 from __future__ import annotations

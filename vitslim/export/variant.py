@@ -60,6 +60,7 @@ def export_variant(
         "accelerated_sites": len(export.accelerated),
         "emulated_sites": len(export.emulated),
         "tensorrt_int8_ready": export.tensorrt_int8_ready,
+        "tensorrt": export.tensorrt.to_dict(),
         "notes": export.notes,
         "precision": precision_table(export),
     }

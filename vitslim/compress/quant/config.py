@@ -21,7 +21,7 @@ from vitslim.errors import UserError
 
 from .base import UnsignedQuantizer
 from .registry import create_quantizer, get_quantizer_class
-from .sites import SITE_KINDS, Site
+from .sites import ACTIVATION_KINDS, SITE_KINDS, Site
 from .uniform import UniformQuantizer
 
 __all__ = ["SiteSpec", "QuantConfig", "LN_TARGETS", "PRESETS", "kind_options"]
@@ -85,6 +85,11 @@ class SiteSpec:
 
 def _uniform(bits: int) -> SiteSpec:
     return SiteSpec("uniform", bits)
+
+
+def _trt_activation() -> SiteSpec:
+    """Symmetric int8 over QuantizeLinear's whole range: TensorRT's explicit INT8 activations."""
+    return SiteSpec("uniform", 8, {"symmetric": True, "narrow": False})
 
 
 def _weight(bits: int) -> SiteSpec:
@@ -286,6 +291,19 @@ PRESETS = {
     # weight-only: 4-bit symmetric per-channel weights (int4 in the file), activations float
     "w4a16": lambda: QuantConfig(
         weight=_weight(4), post_ln=None, post_gelu=None, post_softmax=None, qk=None, v=None, generic=None
+    ),
+    # laid out for TensorRT's explicit INT8 (and matched against NVIDIA Model Optimizer's ONNX
+    # quantizer, docs/benchmarks.md): every activation symmetric int8 with zero point 0 over the full
+    # [-128, 127] (QuantizeLinear's own saturation: no Clip in front of it), Q/DQ on q, k, the softmax
+    # map and v (TensorRT's fused INT8 attention takes all four); the patch embedding (its input is
+    # the image) and the 10-way head are left float, as Model Optimizer leaves the small head
+    "w8a8-trt": lambda: QuantConfig.uniform(
+        8,
+        8,
+        **{kind: _trt_activation() for kind in ACTIVATION_KINDS},
+        overrides={"patch_embed.*": None, "head.*": None},
+        ln_reparam="mad",
+        attn_reparam="mad",
     ),
     "w6a6": lambda: QuantConfig.uniform(6, 6),
     "w6a6-log": lambda: QuantConfig.log(

@@ -72,8 +72,18 @@ def stored_types(onnx: dict) -> str:
     return ", ".join(f"{n} {t}" for t, n in sorted(counts.items(), key=lambda kv: str(kv[0]))) or "n/a"
 
 
+def _tensorrt_text(readiness: dict | None) -> str:
+    """``ready`` or the names of the failed readiness checks (``n/a`` without a Q/DQ export)."""
+    if readiness is None:
+        return "n/a"
+    if readiness["ready"]:
+        return "ready"
+    return "not ready: " + ", ".join(dict.fromkeys(f["check"] for f in readiness["findings"]))
+
+
 def quant_section(variants: list[dict]) -> list[str]:
-    """Per quantized variant: sites and bits, how the ONNX file carries them, mixed-precision costs."""
+    """Per quantized variant: sites and bits, how the ONNX file carries them, whether TensorRT's
+    explicit INT8 takes it (the readiness findings listed below the table), mixed-precision costs."""
     quantized = _quantized(variants)
     if not quantized:
         return []
@@ -90,11 +100,17 @@ def quant_section(variants: list[dict]) -> list[str]:
                 str(onnx.get("format", "n/a")),
                 stored_types(onnx),
                 fmt_mb(v.get("size_bytes")),
+                _tensorrt_text(onnx.get("tensorrt")),
             ]
         )
     lines = ["", "## Quantization", ""]
     header = ["variant", "quantized sites", "weights", "activations", "ONNX format", "weights stored", "file"]
-    lines += md_table(header, rows)
+    lines += md_table([*header, "TensorRT INT8"], rows)
+    for v in quantized:
+        for finding in ((v.get("onnx") or {}).get("tensorrt") or {}).get("findings", []):
+            nodes = finding["nodes"]
+            where = f" ({len(nodes)}: {', '.join(nodes[:2])}{', ...' if len(nodes) > 2 else ''})" if nodes else ""
+            lines.append(f"- {v['name']}, TensorRT `{finding['check']}`: {finding['message']}{where}")
     for v in quantized:
         if v.get("mixed_precision"):
             lines += ["", _mixed_precision_text(v["name"], v["mixed_precision"])]

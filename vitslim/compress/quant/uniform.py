@@ -24,7 +24,10 @@ class UniformQuantizer(Quantizer):
     """``q = clamp(round(x/s) + z, qmin, qmax)``, ``x̂ = (q - z)·s``.
 
     * ``symmetric=True``: signed narrow range ``[-(2^(b-1)-1), 2^(b-1)-1]``, ``z = 0``
-      (TensorRT style: zero is exactly zero and the grid is symmetric; weights).
+      (TensorRT style: zero is exactly zero and the grid is symmetric; weights). With
+      ``narrow=False`` the codes reach ``-2^(b-1)`` too (the scale still maps the range's
+      bound to ``2^(b-1)-1``): at 8 bits that is QuantizeLinear's own int8 saturation, so an
+      export needs no Clip before it (TensorRT's activations).
     * ``symmetric=False``: unsigned ``[0, 2^b-1]`` with an integer zero point; the range
       is widened to contain 0 so that 0 is represented exactly.
     * ``channel_axis``: ``None`` for per-tensor, otherwise one scale (and zero point) per
@@ -53,6 +56,7 @@ class UniformQuantizer(Quantizer):
         grid: int = 100,
         search_samples: int | None = DEFAULT_SEARCH_SAMPLES,
         seed: int = 0,
+        narrow: bool = True,
     ) -> None:
         super().__init__(bits, search_samples=search_samples, seed=seed)
         if method not in SCALE_METHODS:
@@ -66,9 +70,10 @@ class UniformQuantizer(Quantizer):
         self.method = method
         self.percentile = float(percentile)
         self.grid = int(grid)
+        self.narrow = bool(narrow)
         if self.symmetric:
             self.qmax = (1 << (self.bits - 1)) - 1
-            self.qmin = -self.qmax
+            self.qmin = -self.qmax if self.narrow else -self.qmax - 1
         else:
             self.qmin, self.qmax = 0, (1 << self.bits) - 1
         self.register_buffer("scale", torch.ones(()))
@@ -82,6 +87,7 @@ class UniformQuantizer(Quantizer):
             "method": self.method,
             "percentile": self.percentile,
             "grid": self.grid,
+            "narrow": self.narrow,
         }
 
     def channel_axis_(self) -> int | None:
