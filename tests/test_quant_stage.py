@@ -48,7 +48,10 @@ def test_config_keys_override_the_preset_and_round_trip() -> None:
     [
         ({"preset": 8}, "preset must be a string"),
         ({"config": [1]}, "config must be a mapping"),
-        ({"config": {"weight": {"quantizer": "log2", "bits": 4}}}, "weights need a symmetric uniform quantizer"),
+        (
+            {"config": {"weight": {"quantizer": "log2", "bits": 4}}},
+            "weights need a symmetric uniform .or fp8. quantizer",
+        ),
         ({"keep": -1}, "keep must be a positive integer"),
         ({"objective": "kl"}, "unknown objective 'kl'"),
     ],
