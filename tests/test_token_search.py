@@ -126,7 +126,9 @@ def test_latency_search_meets_a_measured_budget(method):
     assert found.best.latency_ratio == pytest.approx(expected, abs=0.1)  # sleeps overshoot a little
     assert "latency <= 0.8" in summary and "Flopsy b1" in summary
     # the chosen config is explicit: applied again it has the FLOPs the search measured
-    assert estimate_flops(model, found.best.candidate.config)["ratio"] == pytest.approx(found.best.candidate.flops_ratio)
+    assert estimate_flops(model, found.best.candidate.config)["ratio"] == pytest.approx(
+        found.best.candidate.flops_ratio
+    )
 
 
 def test_latency_search_says_when_the_budget_is_not_met():

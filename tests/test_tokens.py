@@ -378,7 +378,9 @@ def test_merge_graph_is_small(tmp_path):
     model = make("vit", depth=4)
     plain = onnx.load(str(export_onnx(model, tmp_path / "plain.onnx", input_size=(3, IMG, IMG)))).graph
     apply_token_reduction(model, TokenMergeConfig(r=4))
-    merged = shape_inference.infer_shapes(onnx.load(str(export_onnx(model, tmp_path / "m.onnx", input_size=(3, IMG, IMG)))))
+    merged = shape_inference.infer_shapes(
+        onnx.load(str(export_onnx(model, tmp_path / "m.onnx", input_size=(3, IMG, IMG))))
+    )
     ops = [n.op_type for n in merged.graph.node]
     layers = 4
     assert ops.count("ScatterElements") == 0 and ops.count("TopK") == 2 * layers

@@ -110,7 +110,9 @@ def search_tokens(
     else:
         found = search_schedule(loaded.model, batches, method, flops_ratio, progress=report, **options)
         best, record = found.best, {**found.best.to_dict(), "tried": [c.to_dict() for c in found.tried]}
-    data = recipe_with_stage(base, "tokens", best.config.to_dict(), out_path.stem, f"{best.config.describe()} (searched)")
+    data = recipe_with_stage(
+        base, "tokens", best.config.to_dict(), out_path.stem, f"{best.config.describe()} (searched)"
+    )
     comment = [
         f"Written by: {command_line()}",
         f"Model {loaded.name}; calibration {calib or loaded.default_calib}, seed {seed}.",
