@@ -16,8 +16,9 @@ and batch (p50, spread p90/p50), so latencies are compared side by side in this 
 Matched latency, per runtime and batch, from measured points only (no interpolation): for every
 setting on the ToMe frontier (constant, constant with the last block, or searched: the most
 accurate ToMe at or under its latency), each other method's most accurate setting measured at or
-under that latency (Δ top-1), and its fastest setting within 0.3 pt of that top-1 (speed-up). The issue's done-when (#31): at
-equal OpenVINO latency (b1 and b16) +0.5 pt over the best ToMe, or 1.15x faster within 0.3 pt.
+under that latency (Δ top-1), and its fastest setting within 0.3 pt of that top-1 (speed-up). The
+issue's done-when (#31): at equal OpenVINO latency (b1 and b16) +0.5 pt over the best ToMe, or
+1.15x faster within 0.3 pt.
 
 Writes tokens_demo.{json,md} into --out-dir (default benchmarks/results).
 """
