@@ -1,7 +1,7 @@
 """Token reducers side by side at matched *measured* latency on the demo model: top-1, agreement
 with FP32, and latency in ONNX Runtime and OpenVINO at batch 1 and 16.
 
-    .venv/bin/python benchmarks/bench_tokens.py --limit 1000 --budgets 0.45,0.55,0.65,0.75 --threads 2
+    .venv/bin/python benchmarks/bench_tokens.py --limit 1000 --budgets 0.5,0.6,0.7 --threads 2
 
 Every method is a curve: one setting per block-FLOPs budget (fraction of the unreduced model's):
 ToMe with a constant r (``flops_ratio``), the same with the last block for the class token only
@@ -262,7 +262,7 @@ def render_markdown(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=1000, help="Fashion-MNIST test images (seeded sample)")
-    parser.add_argument("--budgets", default="0.45,0.55,0.65,0.75", help="block FLOPs budgets, comma-separated")
+    parser.add_argument("--budgets", default="0.5,0.6,0.7", help="block FLOPs budgets, comma-separated")
     parser.add_argument("--search-images", type=int, default=64, help="train images for the schedule searches")
     parser.add_argument("--search-evals", type=int, default=12, help="candidates scored per search")
     parser.add_argument("--threads", type=int, default=2)
