@@ -1,16 +1,24 @@
-"""Token reducers side by side at matched block FLOPs on the demo model: top-1, agreement with
-FP32, and latency in ONNX Runtime and OpenVINO at batch 1 and 16.
+"""Token reducers side by side at matched *measured* latency on the demo model: top-1, agreement
+with FP32, and latency in ONNX Runtime and OpenVINO at batch 1 and 16.
 
-    .venv/bin/python benchmarks/bench_tokens.py --limit 1000 --budgets 0.6,0.75 --threads 2
+    .venv/bin/python benchmarks/bench_tokens.py --limit 1000 --budgets 0.5,0.6,0.7 --threads 2
 
-Per FLOPs budget (block FLOPs as a fraction of the unreduced model's): ToMe with a constant r
-(``flops_ratio``), ToMe with its schedule searched, EViT at blocks 3, 6, 9 with its keep rate
-fitted, and prune-merge with its schedule searched. Schedules are searched on Fashion-MNIST *train*
-images (``--search-images``, fidelity to FP32, no labels); accuracy is measured on the seeded test
-sample. Also ``fp32-lastblock``: FP32 with the last block for the class token only (exact).
-Every setting is exported to ONNX, checked against PyTorch on the first test batch (ONNX Runtime),
-evaluated in ONNX Runtime, then all files are timed interleaved per runtime and batch (p50, spread
-p90/p50), so speedups are ratios measured side by side in this one process.
+Every method is a curve: one setting per block-FLOPs budget (fraction of the unreduced model's):
+ToMe with a constant r (``flops_ratio``), the same with the last block for the class token only
+(``tome-last``), ToMe with its schedule searched, EViT at blocks 3, 6, 9
+with its keep rate fitted, prune-merge with its schedule searched, and prune-merge searched with
+the last block for the class token only (``pm-last``). Schedules are searched on Fashion-MNIST
+*train* images (``--search-images``, fidelity to FP32, no labels); accuracy is measured on the
+seeded test sample. Every setting is exported to ONNX, checked against PyTorch on the first test
+batch (ONNX Runtime), evaluated in ONNX Runtime, then all files are timed interleaved per runtime
+and batch (p50, spread p90/p50), so latencies are compared side by side in this one process.
+
+Matched latency, per runtime and batch, from measured points only (no interpolation): for every
+setting on the ToMe frontier (constant, constant with the last block, or searched: the most
+accurate ToMe at or under its latency), each other method's most accurate setting measured at or
+under that latency (Δ top-1), and its fastest setting within 0.3 pt of that top-1 (speed-up). The
+issue's done-when (#31): at equal OpenVINO latency (b1 and b16) +0.5 pt over the best ToMe, or
+1.15x faster within 0.3 pt.
 
 Writes tokens_demo.{json,md} into --out-dir (default benchmarks/results).
 """
@@ -32,7 +40,7 @@ from vitslim.compress.tokens import (
     apply_token_reduction,
     estimate_flops,
 )
-from vitslim.compress.tokens.search import fit_to_budget, search_schedule
+from vitslim.compress.tokens.search import Scorer, fit_to_budget, search_with
 from vitslim.evaluate.accuracy import score
 from vitslim.evaluate.data import EvalData, evaluate_onnx, load_eval_data
 from vitslim.evaluate.interleaved import runtime_call, summarize, time_interleaved
@@ -50,26 +58,79 @@ BATCH_SIZES = (1, 16)
 RUNTIMES = ("onnxruntime", "openvino")
 
 
+#: methods compared with the ToMe frontier, the new ones (the done-when's), and the ToMe settings of the frontier
+METHODS = ("evit", "pm", "pm-last")
+NEW = ("pm", "pm-last")
+TOME = ("tome", "tome-last", "tome-search")
+#: top-1 tolerance of "equal top-1" (points) and the done-when's thresholds
+EQUAL_TOP1_PT, GAIN_PT, SPEEDUP = 0.3, 0.5, 1.15
+
+
 def settings(loaded: LoadedModel, budgets: list[float], args: argparse.Namespace) -> list[tuple[str, object]]:
     """``(name, config or None)`` of every setting; searches run here, on train images."""
     model = loaded.model
     calib = StageContext(loaded, progress=False).calibration(args.search_images)
+    score = Scorer(model, calib)
     out: list[tuple[str, object]] = [("fp32", None)]
     out.append(("fp32-lastblock", TokenMergeConfig(r=0, class_token_last_block=True)))
 
-    def searched(method: str, budget: float) -> TokenReductionConfig:
-        return search_schedule(model, calib, method, budget, max_evals=args.search_evals).best.config
+    def searched(method: str, budget: float, last: bool = False) -> TokenReductionConfig:
+        return search_with(score, method, budget, args.search_evals, last, None).best.config
 
     for b in budgets:
         evit = fit_to_budget(model, lambda s: TokenPruneConfig(keep_rate=max(round(s, 3), 0.001)), b)
         out += [
             (f"tome-{b:g}", TokenMergeConfig(flops_ratio=b)),
+            (f"tome-last-{b:g}", TokenMergeConfig(flops_ratio=b, class_token_last_block=True)),
             (f"tome-search-{b:g}", searched("tome", b)),
             (f"evit-{b:g}", evit),
-            (f"pm-search-{b:g}", searched("prunemerge", b)),
+            (f"pm-{b:g}", searched("prunemerge", b)),
+            (f"pm-last-{b:g}", searched("prunemerge", b, last=True)),
         ]
-        print(*(f"{n}: {c.describe()}" for n, c in out[-4:]), sep="\n", flush=True)
+        print(*(f"{n}: {c.describe()}" for n, c in out[-6:]), sep="\n", flush=True)
     return out
+
+
+def method_of(name: str) -> str:
+    """``tome-search-0.6`` -> ``tome-search``; ``fp32`` -> ``fp32``."""
+    head, _, tail = name.rpartition("-")
+    return head if head and tail.replace(".", "").isdigit() else name
+
+
+def matched(rows: list[dict], key: str) -> list[dict]:
+    """Per ToMe frontier point at ``key`` (``runtime|batch``): each method's most accurate setting at or
+    under its latency and its fastest setting within :data:`EQUAL_TOP1_PT` of its top-1."""
+    lat = {r["name"]: r["latency"][key]["p50_ms"] for r in rows}
+    top1 = {r["name"]: 100 * r["top1"] for r in rows}
+    tome = [r["name"] for r in rows if method_of(r["name"]) in TOME]
+    frontier = [n for n in tome if top1[n] >= max(top1[m] for m in tome if lat[m] <= lat[n])]
+    out = []
+    for ref in sorted(frontier, key=lat.get):
+        entry = {"tome": ref, "latency_ms": lat[ref], "top1": top1[ref], "methods": {}}
+        for method in METHODS:
+            names = [r["name"] for r in rows if method_of(r["name"]) == method]
+            faster = [n for n in names if lat[n] <= lat[ref]]
+            best = max(faster, key=top1.get, default=None)
+            close = [n for n in names if top1[n] >= top1[ref] - EQUAL_TOP1_PT]
+            quick = min(close, key=lat.get, default=None)
+            entry["methods"][method] = {
+                "at_equal_latency": best,
+                "gain_pt": None if best is None else top1[best] - top1[ref],
+                "at_equal_top1": quick,
+                "speedup": None if quick is None else lat[ref] / lat[quick],
+            }
+        out.append(entry)
+    return out
+
+
+def done_when(table: list[dict]) -> bool:
+    """Whether a new method (:data:`NEW`) beats some ToMe frontier point by the issue's margin."""
+    return any(
+        (m["gain_pt"] or -1) >= GAIN_PT or (m["speedup"] or 0) >= SPEEDUP
+        for entry in table
+        for name, m in entry["methods"].items()
+        if name in NEW
+    )
 
 
 def measure(
@@ -124,6 +185,10 @@ def run(loaded: LoadedModel, data: EvalData, budgets: list[float], args: argpars
     return rows
 
 
+def matched_tables(rows: list[dict]) -> dict[str, list[dict]]:
+    return {f"{rt}|{b}": matched(rows, f"{rt}|{b}") for rt in RUNTIMES for b in BATCH_SIZES}
+
+
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
 
@@ -139,7 +204,7 @@ def render_markdown(result: dict) -> str:
     base_top1 = rows[0]["top1"]
     keys = [f"{rt}|{b}" for rt in RUNTIMES for b in BATCH_SIZES]
     lines = [
-        f"# Token reducers at matched block FLOPs ({result['model']['name']})",
+        f"# Token reducers at matched measured latency ({result['model']['name']})",
         "",
         f"- **Command**: `{result['command']}`",
         f"- **Machine**: {device_line(env)}",
@@ -167,14 +232,39 @@ def render_markdown(result: dict) -> str:
         "",
         "Block FLOPs: attention and MLP of the transformer blocks on the tokens each block sees, reduction "
         "overhead included, as a fraction of fp32's (patch embedding and head excluded).",
+        "",
+        "## At matched measured latency",
+        "",
+        f"Per ToMe frontier setting: each method's most accurate setting measured at or under its latency "
+        f"(Δ top-1, pt) and its fastest setting within {EQUAL_TOP1_PT} pt of its top-1 (speed-up); '-': none.",
+        "",
     ]
+    for key, table in result["matched"].items():
+        runtime, batch = key.split("|")
+        lines += [
+            f"**{runtime} b{batch}** (done-when met: {'yes' if done_when(table) else 'no'})",
+            "",
+            "| ToMe setting | ms | top-1 | " + " | ".join(f"{m}: Δ pt at ≤ ms | {m}: speed-up" for m in METHODS) + " |",
+            "|" + "---|" * (3 + 2 * len(METHODS)),
+        ]
+        for entry in table:
+            cells = []
+            for m in METHODS:
+                got = entry["methods"][m]
+                gain = "-" if got["gain_pt"] is None else f"{got['gain_pt']:+.2f} ({got['at_equal_latency']})"
+                fast = "-" if got["speedup"] is None else f"{got['speedup']:.2f}x ({got['at_equal_top1']})"
+                cells += [gain, fast]
+            lines.append(
+                f"| {entry['tome']} | {entry['latency_ms']:.1f} | {entry['top1']:.2f}% | " + " | ".join(cells) + " |"
+            )
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=1000, help="Fashion-MNIST test images (seeded sample)")
-    parser.add_argument("--budgets", default="0.6,0.75", help="block FLOPs budgets, comma-separated")
+    parser.add_argument("--budgets", default="0.5,0.6,0.7", help="block FLOPs budgets, comma-separated")
     parser.add_argument("--search-images", type=int, default=64, help="train images for the schedule searches")
     parser.add_argument("--search-evals", type=int, default=12, help="candidates scored per search")
     parser.add_argument("--threads", type=int, default=2)
@@ -201,6 +291,7 @@ def main() -> None:
         },
         "variants": run(loaded, data, budgets, args),
     }
+    result["matched"] = matched_tables(result["variants"])
     markdown = render_markdown(result)
     atomic_write_json(args.out_dir / "tokens_demo.json", result)
     atomic_write_text(args.out_dir / "tokens_demo.md", markdown)

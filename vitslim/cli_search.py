@@ -1,5 +1,6 @@
-"""``vitslim search-tokens``: search a token-reduction schedule on calibration images and write it
-into a recipe (:mod:`vitslim.compress.tokens.search`; registered on the ``vitslim`` group)."""
+"""``vitslim search-tokens``: search a token-reduction schedule on calibration images under a FLOPs
+or a measured latency budget and write it into a recipe (:mod:`vitslim.compress.tokens.search`,
+:mod:`vitslim.pipeline.token_latency`; registered on the ``vitslim`` group)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,22 @@ from typing import TYPE_CHECKING
 
 import click
 
-from vitslim.cli_options import calib_option, command_line, emit, json_option, model_options, show_progress
+from vitslim.cli_options import (
+    calib_option,
+    command_line,
+    emit,
+    json_option,
+    model_options,
+    runtime_option,
+    show_progress,
+    threads_option,
+)
+from vitslim.errors import UserError
 
 if TYPE_CHECKING:
     from vitslim.compress.tokens.search import Candidate
     from vitslim.models import LoadedModel
+    from vitslim.pipeline.token_latency import Measured
 
 
 @click.command(name="search-tokens")
@@ -21,8 +33,19 @@ if TYPE_CHECKING:
 @click.option(
     "--flops-ratio",
     type=click.FloatRange(0, 1, min_open=True),
-    required=True,
     help="Budget: block FLOPs at most this fraction of the unreduced model's.",
+)
+@click.option(
+    "--latency-ratio",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="Budget: p50 latency in --runtime at --batch-size at most this fraction of the unreduced model's, "
+    "measured (both timed interleaved).",
+)
+@runtime_option("openvino", files=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Batch timed (latency).")
+@threads_option
+@click.option(
+    "--timings", type=click.IntRange(min=1), default=4, show_default=True, help="FLOPs budgets searched and timed."
 )
 @calib_option
 @click.option("--images", type=click.IntRange(min=1), default=64, show_default=True, help="Calibration images.")
@@ -35,7 +58,12 @@ if TYPE_CHECKING:
 def search_tokens(
     loaded: LoadedModel,
     method: str,
-    flops_ratio: float,
+    flops_ratio: float | None,
+    latency_ratio: float | None,
+    runtime: str,
+    batch_size: int,
+    threads: int,
+    timings: int,
     calib: str | None,
     images: int,
     seed: int,
@@ -45,13 +73,17 @@ def search_tokens(
     out_path: Path,
     json_path: Path | None,
 ) -> None:
-    """Search where and how much to reduce tokens under a FLOPs budget (fidelity to the unreduced
-    model on calibration images, no labels) and write the chosen schedule into a recipe."""
+    """Search where and how much to reduce tokens under a FLOPs budget or a latency budget measured in
+    a runtime (fidelity to the unreduced model on calibration images, no labels) and write the chosen
+    schedule into a recipe, explicit per block so that it reruns exactly."""
     from vitslim.compress.tokens.search import search_schedule
     from vitslim.files import atomic_write_text
     from vitslim.pipeline import StageContext
+    from vitslim.pipeline.token_latency import LatencyTarget, search_latency
     from vitslim.recipes import recipe_with_stage, recipe_yaml
 
+    if (flops_ratio is None) == (latency_ratio is None):
+        raise UserError("give one budget: --flops-ratio or --latency-ratio")
     batches = StageContext(loaded, calib=calib, seed=seed, progress=False).calibration(images)
 
     def report(cand: Candidate) -> None:
@@ -62,19 +94,31 @@ def search_tokens(
                 err=True,
             )
 
-    result = search_schedule(
-        loaded.model, batches, method, flops_ratio, max_evals=max_evals,
-        class_token_last_block=class_token_last_block, progress=report,
-    )  # fmt: skip
+    def report_timed(measured: Measured) -> None:
+        if show_progress():
+            click.echo(f"FLOPs budget {measured.flops_budget:.3f}: latency {measured.latency_ratio:.3f}", err=True)
+            report(measured.candidate)
+
+    options = {"max_evals": max_evals, "class_token_last_block": class_token_last_block}
+    if latency_ratio is not None:
+        target = LatencyTarget(runtime, batch_size, threads)
+        found = search_latency(
+            loaded.model, batches, method, latency_ratio, target, loaded.input_size,
+            max_timings=timings, progress=report_timed, **options,
+        )  # fmt: skip
+        best, record = found.best.candidate, {**found.best.to_dict(), "timed": [m.to_dict() for m in found.timed]}
+    else:
+        found = search_schedule(loaded.model, batches, method, flops_ratio, progress=report, **options)
+        best, record = found.best, {**found.best.to_dict(), "tried": [c.to_dict() for c in found.tried]}
     data = recipe_with_stage(
-        base, "tokens", result.best.config.to_dict(), out_path.stem, f"{result.best.config.describe()} (searched)"
+        base, "tokens", best.config.to_dict(), out_path.stem, f"{best.config.describe()} (searched)"
     )
     comment = [
         f"Written by: {command_line()}",
         f"Model {loaded.name}; calibration {calib or loaded.default_calib}, seed {seed}.",
-        result.summary(),
+        found.summary(),
     ]
     atomic_write_text(out_path, recipe_yaml(data, comment))
-    click.echo(result.summary())
+    click.echo(found.summary())
     click.echo(f"wrote {out_path}")
-    emit({"search": {**result.best.to_dict(), "tried": [c.to_dict() for c in result.tried]}}, json_path)
+    emit({"search": record}, json_path)

@@ -1,14 +1,17 @@
 """ToMe-style bipartite soft matching, written from the paper (Bolya et al., ICLR 2023).
 
-Pure functions on tensors, no module state. The merge is one 0/1 *combine* matrix product:
-each patch token has a *target* (its own position, or its partner's when it is merged away),
-the survivors keep their original order, and ``combine[b, o, i] = (keep[b, o] == target[b, i])``
-sums every token into the survivor it ends in. Per merging layer the exported graph has one
-similarity MatMul, one ReduceMax/ArgMax, two TopK, one ScatterElements (no reduction: the
-merged positions are distinct), one Equal and one combine MatMul, with static shapes for a
-static ``r``: no ``scatter`` with a reduction (ONNX has no 'mean' reduction and TensorRT's
-scatter layer has none at all), no index expansion for GatherElements (a slow reference
-kernel in OpenVINO), so ONNX Runtime, OpenVINO and TensorRT run it.
+Pure functions on tensors, no module state. The survivors (every token but the ``r`` merged A
+tokens, in their original order) are gathered by row, and each merged A token is added into its
+partner's row by one small 0/1 *assign* product: ``assign[b, o, j] = (keep[b, o] == dst[b, j])``
+is ``[N - r, r]``, so the merge costs ``(N - r) * r * C`` multiply-adds instead of the
+``(N - r) * N * C`` of a full combine matrix. Per merging layer the exported graph has one
+similarity MatMul of the A rows by the B rows (strided slices: a quarter of an all-pairs
+product), one ReduceMax, an Equal-based argmax, two TopK (the ``r`` edges, the ascending
+survivors), flat row Gathers, one Equal and the small assign MatMuls (tokens, sizes), with static
+shapes for a static ``r``: no ScatterElements at all (ONNX has no 'mean' reduction and TensorRT's
+scatter layer has none), no index expansion for GatherElements (a slow reference kernel in
+OpenVINO), so ONNX Runtime, OpenVINO and TensorRT run it. The per-token ``target`` that unmerging
+needs is built (one scatter) only when it is asked for.
 
 Token layout: ``x`` is ``[B, N, C]`` with ``num_prefix`` protected tokens first (class,
 distillation and register tokens), then ``t = N - num_prefix`` patch tokens. The patch
@@ -27,6 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from .rows import flat_rows, take_flat
 
 __all__ = [
     "MergePlan",
@@ -51,7 +56,7 @@ class MergePlan:
     """Which tokens merge where; the output of :func:`bipartite_soft_matching`.
 
     Index tensors are token positions (prefix included): ``src`` are A tokens, ``dst`` their B
-    partners, ``target`` and ``keep`` index the sequence in original order.
+    partners, ``keep`` the survivors in original order.
     """
 
     num_prefix: int
@@ -59,26 +64,17 @@ class MergePlan:
     r: int
     src: torch.Tensor  # [B, r] A tokens merged away
     dst: torch.Tensor  # [B, r] their B partners
-    target: torch.Tensor  # [B, N] position each token ends in (its own, or its partner's)
     keep: torch.Tensor  # [B, N - r] positions of the survivors, ascending (prefix first)
 
     @property
     def num_out(self) -> int:
         return self.num_tokens - self.r
 
-
-#: similarity given to pairs that may not merge (cosine similarities are >= -1)
-NO_EDGE = -4.0
-
-
-def edge_mask(num_tokens: int, num_prefix: int, device: torch.device | None = None) -> torch.Tensor:
-    """[N, N] additive mask of the allowed edges: 0 from an A token (row) to a B token (column),
-    :data:`NO_EDGE` elsewhere (prefix tokens, A→A, B→anything). A constant of the graph."""
-    pos = torch.arange(num_tokens, device=device)
-    offset = pos - num_prefix
-    is_a = (offset >= 0) & (offset % 2 == 0)
-    is_b = (offset >= 0) & (offset % 2 == 1)
-    return torch.where(is_a[:, None] & is_b[None, :], 0.0, NO_EDGE)
+    @property
+    def target(self) -> torch.Tensor:
+        """[B, N]: the position each token ends in (its own, or its partner's); one scatter, for unmerging."""
+        position = torch.arange(self.num_tokens, device=self.src.device).expand(self.src.shape[0], -1)
+        return position.scatter(1, self.src, self.dst)
 
 
 def first_max_index(scores: torch.Tensor, row_max: torch.Tensor) -> torch.Tensor:
@@ -98,25 +94,30 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, num_prefix: int = 1, e
     """Match A tokens to B tokens on ``metric`` [B, N, D] and choose the ``r`` best edges.
 
     ``r`` is clamped to :func:`max_merge`. The metric is L2-normalised here (ToMe uses the
-    attention keys averaged over heads). The similarity of all token pairs is one matmul plus
-    the constant :func:`edge_mask` (no strided slicing): rows that are not A tokens never win.
-    Positions in the plan are over all ``N`` tokens (prefix included).
+    attention keys averaged over heads). The similarity is one matmul of the A rows (strided
+    slice) by the B rows: a quarter of the all-pairs product, and no mask. Positions in the plan
+    are over all ``N`` tokens (prefix included).
     """
-    bsz, n, _ = metric.shape
+    n = metric.shape[1]
     p = int(num_prefix)
     r = min(max(int(r), 0), max_merge(n, p))
-    m = metric / metric.norm(dim=-1, keepdim=True).clamp_min(eps)
-    scores = m @ m.transpose(-1, -2) + edge_mask(n, p, metric.device).to(m.dtype)  # [B, N, N] cosine
+    if r == 0:
+        none = torch.zeros(metric.shape[0], 0, dtype=torch.long, device=metric.device)
+        return MergePlan(p, n, 0, none, none, torch.arange(n, device=metric.device).expand(metric.shape[0], n))
+    m = metric[:, p:]
+    m = m / m.norm(dim=-1, keepdim=True).clamp_min(eps)
+    scores = m[:, 0::2] @ m[:, 1::2].transpose(-1, -2)  # [B, A, B] cosine: set A rows, set B columns
     node_max = scores.amax(dim=-1)
-    partner = first_max_index(scores, node_max)
-    src = node_max.topk(r, dim=-1, sorted=True).indices  # [B, r] A tokens (all rows else are masked)
-    dst = partner.gather(1, src)
-    position = torch.arange(n, device=metric.device).expand(bsz, n)
-    target = position.scatter(1, src, dst)  # merged A tokens point at their B partner
-    # survivors (target == own position) first, in original order
-    key = position + n * (target != position).to(position.dtype)
+    chosen = node_max.topk(r, dim=-1, sorted=True).indices  # [B, r] indices into set A
+    src = p + 2 * chosen
+    dst = p + 1 + 2 * first_max_index(scores, node_max).gather(1, chosen)
+    # survivors first, in original order; 1 at the merged A tokens from an Equal, no scatter. In
+    # float32 (exact for these integers): with int64, OpenVINO 2026.4 sorted only the first image
+    # of a batch right
+    position = torch.arange(n, device=metric.device, dtype=torch.float32)
+    key = position + n * (src.unsqueeze(-1) == position).to(torch.float32).amax(dim=1)
     keep = key.topk(n - r, dim=-1, largest=False, sorted=True).indices
-    return MergePlan(p, n, r, src, dst, target, keep)
+    return MergePlan(p, n, r, src, dst, keep)
 
 
 def merge_tokens(
@@ -131,13 +132,16 @@ def merge_tokens(
         size = torch.ones(x.shape[0], x.shape[1], 1, dtype=x.dtype, device=x.device)
     if plan.r == 0:
         return x, size
-    combine = (plan.keep.unsqueeze(-1) == plan.target.unsqueeze(1)).to(x.dtype)  # [B, N - r, N]
+    n_out, n = plan.num_out, plan.num_tokens
+    keep, src = flat_rows(plan.keep, n), flat_rows(plan.src, n)  # one index each, shared by x and size
+    assign = (plan.keep.unsqueeze(-1) == plan.dst.unsqueeze(1)).to(x.dtype)  # [B, N - r, r]
     if size is None:
-        out_size = combine.sum(dim=-1, keepdim=True)
-        return (combine @ x) / out_size, out_size
+        out_size = 1.0 + assign.sum(dim=-1, keepdim=True)
+        return (take_flat(x, keep, n_out) + assign @ take_flat(x, src, plan.r)) / out_size, out_size
     size = size.to(x.dtype)
-    out_size = combine @ size
-    return (combine @ (x * size)) / out_size, out_size
+    weighted = x * size
+    out_size = take_flat(size, keep, n_out) + assign @ take_flat(size, src, plan.r)
+    return (take_flat(weighted, keep, n_out) + assign @ take_flat(weighted, src, plan.r)) / out_size, out_size
 
 
 def merge_wavg(
@@ -157,7 +161,8 @@ def unmerge_tokens(plan: MergePlan, x: torch.Tensor) -> torch.Tensor:
     """
     if plan.r == 0:
         return x
+    target = plan.target
     position = torch.arange(plan.num_tokens, device=x.device)
-    survivor_row = (plan.target == position).long().cumsum(dim=-1) - 1  # output row of every survivor
-    rows = survivor_row.gather(1, plan.target)
+    survivor_row = (target == position).long().cumsum(dim=-1) - 1  # output row of every survivor
+    rows = survivor_row.gather(1, target)
     return x.gather(1, rows.unsqueeze(-1).expand(-1, -1, x.shape[-1]))

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .rows import flat_rows, take_flat, take_rows
+
 __all__ = [
     "PruneMergePlan",
     "prune_merge_counts",
@@ -51,14 +53,6 @@ def class_attention_score(cls_probs: torch.Tensor, v: torch.Tensor | None = None
     if v is not None:
         cls_probs = cls_probs * v.norm(dim=-1)
     return cls_probs.mean(dim=1)
-
-
-def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """``x[b, idx[b, i]]`` for ``x`` [B, T, C] and ``idx`` [B, K]: one flat Gather on axis 0 (not an
-    expanded GatherElements, a slow reference kernel in OpenVINO)."""
-    bsz, t, c = x.shape
-    flat = idx + torch.arange(bsz, device=idx.device).unsqueeze(1) * t
-    return x.reshape(bsz * t, c).index_select(0, flat.reshape(-1)).reshape(bsz, idx.shape[1], c)
 
 
 @dataclass(frozen=True)
@@ -90,9 +84,9 @@ def prune_merge_select(
         return PruneMergePlan(p, kept, None, None)
     merged = order[:, keep:]
     patch = metric[:, p:]
-    mk = _take(patch, kept)
+    mk = take_rows(patch, kept)
     mk = mk / mk.norm(dim=-1, keepdim=True).clamp_min(eps)  # the merged side's norm does not change the argmax
-    sim = _take(patch, merged) @ mk.transpose(-1, -2)  # [B, m, k]
+    sim = take_rows(patch, merged) @ mk.transpose(-1, -2)  # [B, m, k]
     partner = sim.argmax(dim=-1)
     return PruneMergePlan(p, kept, merged, partner)
 
@@ -107,12 +101,16 @@ def prune_merge_tokens(
     size = size.to(x.dtype)
     p = plan.num_prefix
     patch, psize = x[:, p:], size[:, p:]
-    kept, kept_size = _take(patch, plan.keep), _take(psize, plan.keep)
+    t, k = patch.shape[1], plan.keep.shape[1]
+    rows = flat_rows(plan.keep, t)  # one index, shared by the tokens and their sizes
+    kept, kept_size = take_flat(patch, rows, k), take_flat(psize, rows, k)
     if plan.merge is not None:
-        slots = torch.arange(plan.keep.shape[1], device=x.device).view(1, -1, 1)
+        m = plan.merge.shape[1]
+        rows = flat_rows(plan.merge, t)
+        slots = torch.arange(k, device=x.device).view(1, -1, 1)
         assign = (slots == plan.partner.unsqueeze(1)).to(x.dtype)  # [B, k, m], built in this layout
-        msize = _take(psize, plan.merge)
+        msize = take_flat(psize, rows, m)
         total = kept_size + assign @ msize
-        kept = (kept * kept_size + assign @ (_take(patch, plan.merge) * msize)) / total
+        kept = (kept * kept_size + assign @ (take_flat(patch, rows, m) * msize)) / total
         kept_size = total
     return torch.cat([x[:, :p], kept], dim=1), torch.cat([size[:, :p], kept_size], dim=1)

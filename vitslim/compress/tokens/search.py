@@ -34,7 +34,7 @@ from .config import TokenConfigError, TokenMergeConfig, TokenPruneMergeConfig, T
 from .patch import apply_token_reduction, remove_token_reduction
 from .schedule import distribute_total, estimate_flops
 
-__all__ = ["SEARCH_METHODS", "Candidate", "SearchResult", "fit_to_budget", "search_schedule"]
+__all__ = ["SEARCH_METHODS", "Candidate", "Scorer", "SearchResult", "fit_to_budget", "search_schedule", "search_with"]
 
 #: reducers whose schedules :func:`search_schedule` searches
 SEARCH_METHODS = ("tome", "prunemerge")
@@ -166,7 +166,7 @@ def _neighbours(method: str, shape: Shape, depth: int) -> Iterator[Shape]:
 # --------------------------------------------------------------------------- scoring
 
 
-class _Scorer:
+class Scorer:
     """Fidelity of reduced copies of ``model`` to the unreduced one on ``batches``."""
 
     def __init__(self, model: nn.Module, batches: Sequence[torch.Tensor]) -> None:
@@ -177,6 +177,7 @@ class _Scorer:
             self.hidden = {0: [x for x, _ in runner.inputs(batches)]}
             self.reference = torch.cat([self._run(runner, 0, x, None) for x in self.hidden[0]])
         self.classifier = getattr(self.model, "num_classes", 0) > 0
+        self.images = sum(int(b.shape[0]) for b in batches)
 
     def _run(self, runner: BlockRunner, start: int, x: torch.Tensor, stop: int | None) -> torch.Tensor:
         size = None
@@ -226,12 +227,23 @@ def search_schedule(
 ) -> SearchResult:
     """Search a ``method`` (:data:`SEARCH_METHODS`) schedule for ``model`` whose block FLOPs are at
     most ``flops_ratio`` of the unreduced model's, scored on the calibration ``batches``."""
+    return search_with(Scorer(model, batches), method, flops_ratio, max_evals, class_token_last_block, progress)
+
+
+def search_with(
+    score: Scorer,
+    method: str,
+    flops_ratio: float,
+    max_evals: int,
+    class_token_last_block: bool,
+    progress: Callable[[Candidate], None] | None,
+) -> SearchResult:
+    """:func:`search_schedule` with a :class:`Scorer` built once (several budgets on one model)."""
     if method not in SEARCH_METHODS:
         raise TokenConfigError(f"schedule search supports {', '.join(SEARCH_METHODS)}, not {method!r}")
     if not 0.0 < flops_ratio <= 1.0:
         raise TokenConfigError(f"flops_ratio must be in (0, 1], got {flops_ratio!r}")
-    depth = len(model.blocks)
-    score = _Scorer(model, batches)
+    depth = len(score.model.blocks)
 
     def fit(shape: Shape) -> TokenReductionConfig:
         if method == "tome":
@@ -269,5 +281,4 @@ def search_schedule(
             if cand is not None and cand.divergence < best.divergence:
                 best, best_shape, improved = cand, shape, True
                 break
-    n_images = sum(int(b.shape[0]) for b in batches)
-    return SearchResult(method, flops_ratio, n_images, best, tried)
+    return SearchResult(method, flops_ratio, score.images, best, tried)

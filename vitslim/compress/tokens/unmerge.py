@@ -24,9 +24,10 @@ __all__ = ["merge_rows", "prune_rows", "PositionTracker", "nearest_kept", "unmer
 
 def merge_rows(plan: MergePlan) -> torch.Tensor:
     """[B, N]: the output row of every input token of a merge (a merged token: its partner's row)."""
-    position = torch.arange(plan.num_tokens, device=plan.target.device)
-    survivor_row = (plan.target == position).long().cumsum(dim=-1) - 1  # rows of the survivors, in order
-    return survivor_row.gather(1, plan.target)
+    target = plan.target
+    position = torch.arange(plan.num_tokens, device=target.device)
+    survivor_row = (target == position).long().cumsum(dim=-1) - 1  # rows of the survivors, in order
+    return survivor_row.gather(1, target)
 
 
 def prune_rows(plan: PrunePlan) -> torch.Tensor:
