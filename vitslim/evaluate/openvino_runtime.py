@@ -75,8 +75,9 @@ def ov_compile(path: str | Path, threads: int = 0, precision: str = "default", b
         "PERFORMANCE_HINT": "LATENCY",
         "NUM_STREAMS": 1,
     }
-    if precision == "f32":
+    if precision == "f32":  # the exact run: float math in f32, activations of compressed weights not requantized
         config["INFERENCE_PRECISION_HINT"] = "f32"
+        config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = 0
     return core.compile_model(model, "CPU", config)
 
 

@@ -10,12 +10,19 @@ import onnxruntime as ort
 
 
 def holds_float8(model: str | Path | bytes) -> bool:
-    """Whether the ONNX model (a file or serialized model) quantizes to float8 (its Q/DQ zero points)."""
+    """Whether the ONNX model (a file or serialized model) quantizes to float8 (its Q/DQ zero points);
+    False for what does not parse (ONNX Runtime then says why it cannot load it)."""
     import onnx
+    from google.protobuf.message import DecodeError
 
-    proto = (
-        onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model), load_external_data=False)
-    )
+    try:
+        proto = (
+            onnx.load_from_string(model)
+            if isinstance(model, bytes)
+            else onnx.load(str(model), load_external_data=False)
+        )
+    except (DecodeError, OSError):
+        return False
     float8 = {onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT8E5M2}
     return any(t.data_type in float8 for t in proto.graph.initializer) or any(
         a.t.data_type in float8 for n in proto.graph.node if n.op_type == "Constant" for a in n.attribute
