@@ -167,3 +167,14 @@ def tiny(depth: int = TINY_DEPTH) -> list[str]:
     args = {"img_size": 64, "patch_size": 8, "depth": depth, "embed_dim": 32, "num_heads": 2}
     model_args = [part for key, value in args.items() for part in ("--model-arg", f"{key}={value}")]
     return ["--model", "vit_tiny_patch16_224", "--random-init", "--num-classes", "2", *model_args]
+
+
+class Wrapped(torch.nn.Module):
+    """A module as the only child of another (an export module traced as a model of its own)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)

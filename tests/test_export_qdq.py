@@ -14,7 +14,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from tests.helpers import images, meaningful_vit, reducing_scatter_nodes, stored_weight, uniform_cfg
+from tests.helpers import Wrapped, images, meaningful_vit, reducing_scatter_nodes, stored_weight, uniform_cfg
 from vitslim.compress.quant import QuantConfig, SiteSpec, create_quantizer, quant_points, quantize_
 from vitslim.compress.quant.placement import point_owner
 from vitslim.compress.quant.report import stored_types
@@ -27,15 +27,6 @@ from vitslim.export.qdq_modules import ExportAffine, ExportStepFunction, ExportT
 from vitslim.export.validate import ExportValidationError, validate_onnx
 
 INPUT = (3, 32, 32)
-
-
-class _Wrap(torch.nn.Module):
-    def __init__(self, module: torch.nn.Module) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x)
 
 
 def _ort(path: Path, x: np.ndarray) -> np.ndarray:
@@ -80,7 +71,7 @@ def test_quantizer_is_bit_exact_in_onnxruntime(tmp_path: Path, name: str, bits: 
     data = torch.softmax(torch.randn(64, 50, generator=gen) * 3, -1) if unsigned else torch.randn(64, 50, generator=gen)
     quantizer = create_quantizer(name, bits, **options).calibrate(data)
     module = ExportAffine(quantizer) if name == "uniform" else ExportStepFunction.from_quantizer(quantizer)
-    path = export_onnx(_Wrap(module), tmp_path / "q.onnx", (1,), dynamic_batch=True)
+    path = export_onnx(Wrapped(module), tmp_path / "q.onnx", (1,), dynamic_batch=True)
     x = _probe(quantizer, data)
     out = _ort(path, x[:, None].numpy())[:, 0]
     expected = quantizer(x).numpy()
@@ -98,7 +89,7 @@ def test_twin_uniform_exports_as_two_qdq_ranges_bit_exact(tmp_path: Path, bits: 
     gen = torch.Generator().manual_seed(bits)
     data = torch.softmax(torch.randn(64, 50, generator=gen) * 3, -1)
     quantizer = create_quantizer("twin_uniform", bits).calibrate(data)
-    path = export_onnx(_Wrap(ExportTwinUniform(quantizer)), tmp_path / "twin.onnx", (1,), dynamic_batch=True)
+    path = export_onnx(Wrapped(ExportTwinUniform(quantizer)), tmp_path / "twin.onnx", (1,), dynamic_batch=True)
     x = torch.cat([_probe(quantizer, data), -data[:8].reshape(-1)])
     out = _ort(path, x[:, None].numpy())[:, 0]
     expected = quantizer(x).numpy()

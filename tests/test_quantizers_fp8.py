@@ -13,7 +13,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.helpers import images, meaningful_vit
+from tests.helpers import Wrapped, images, meaningful_vit
 from tests.quantizer_data import PROP, check_common, weight_data
 from vitslim.compress.quant import Fp8Quantizer, QuantConfig, SiteSpec, create_quantizer, quant_points, quantize_
 from vitslim.errors import UserError
@@ -94,19 +94,10 @@ def test_fp8_mse_clips_no_worse_and_options_checked() -> None:
             create_quantizer("fp8", **bad)
 
 
-class _Wrap(torch.nn.Module):
-    def __init__(self, module: torch.nn.Module) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x)
-
-
 def test_fp8_qdq_is_bit_exact_in_onnxruntime(tmp_path: Path) -> None:
     data = torch.randn(64, 50, generator=torch.Generator().manual_seed(0)) * 3
     q = Fp8Quantizer().calibrate(data)
-    path = export_onnx(_Wrap(ExportFp8(q)), tmp_path / "q.onnx", (1,), opset=FP8_OPSET)
+    path = export_onnx(Wrapped(ExportFp8(q)), tmp_path / "q.onnx", (1,), opset=FP8_OPSET)
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     s = float(q.scale)
